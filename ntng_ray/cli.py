@@ -1,0 +1,199 @@
+"""The ``ntng`` command. Heavy imports (torch, transformers) happen inside the subcommands,
+so ``ntng --help`` and config errors answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ntng_ray.errors import NtngError
+
+OVERRIDES_HELP = "settings as dotted key=value pairs, e.g. budget.rst_seconds=30 output_dir=runs/a"
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from ntng_ray.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from ntng_ray.train.loop import pretrain
+
+    summary = pretrain(cfg, reporters=[_print_progress])
+    final = summary["validation"][-1]
+    print(
+        f"done: {summary['steps']} steps, {summary['rst_seconds']:.2f} / "
+        f"{summary['budget_rst_seconds']:.2f} RST s, wall {summary['wall_seconds']:.1f} s, "
+        f"validation loss {summary['validation'][0]['loss']:.4f} -> {final['loss']:.4f}"
+    )
+    return 0
+
+
+def _print_progress(record: dict) -> None:
+    if record["event"] == "validation":
+        detail = f"val {record['loss']:.4f} train-eval {record['train_eval_loss']:.4f}"
+    else:
+        detail = (
+            f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tok/s"
+        )
+    print(
+        f"[{record['event']:>10}] step {record['step']:>5}  "
+        f"RST {100 * record['rst_progress']:5.1f}%  {detail}",
+        flush=True,
+    )
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from ntng_ray.config import load_config, shipped_config_names
+
+    if args.config is None:
+        print("\n".join(shipped_config_names()))
+        return 0
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from ntng_ray.models.presets import PRESETS
+
+    for preset in PRESETS.values():
+        print(
+            f"{preset.name:<14} {preset.family:<4} layers {preset.num_layers:>2}  hidden "
+            f"{preset.hidden:>4}  seq {preset.seq_len:>3}  vocab {preset.vocab_size:>5}  "
+            f"{preset.description}"
+        )
+    return 0
+
+
+def _cmd_rst_list(args: argparse.Namespace) -> int:
+    from ntng_ray.rst.table import list_shipped_tables, validate_table
+
+    for table in list_shipped_tables():
+        status = "valid" if validate_table(table).ok else "INVALID"
+        print(f"{table.table_id:<28} preset {table.preset:<14} {status:<8} {table.description}")
+    return 0
+
+
+def _cmd_rst_validate(args: argparse.Namespace) -> int:
+    from ntng_ray.rst.table import load_table, validate_table
+
+    report = validate_table(load_table(args.table))
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from ntng_ray.rst.calibrate import calibrate
+    from ntng_ray.rst.table import validate_table, write_table
+
+    table = calibrate(
+        args.preset,
+        microbatch=args.microbatch,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        precision=args.precision,
+        name=args.name,
+    )
+    write_table(table, args.out)
+    print(f"wrote {args.out}")
+    print(validate_table(table).summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ntng",
+        description=(
+            "Pretrain BERT and T5 under a fixed budget of reference system time (RST) and "
+            "compare efficient-training methods with a tuned, fully-decayed baseline."
+        ),
+        epilog="Run `ntng COMMAND --help` for each command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pretrain = sub.add_parser(
+        "pretrain",
+        help="train one model in this process until its RST budget is spent",
+        description=(
+            "Train one model until its RST budget is spent, evaluating validation loss (and the "
+            "full model's loss on a fixed training sample) at the configured progress points. "
+            "Writes config.yaml, metrics.jsonl and summary.json to output_dir."
+        ),
+        epilog="Example: ntng pretrain bert-tiny-synthetic budget.rst_seconds=30 output_dir=runs/a",
+    )
+    pretrain.add_argument("config", help="path to a run config YAML, or a shipped config name")
+    pretrain.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    pretrain.set_defaults(func=_cmd_pretrain)
+
+    config = sub.add_parser(
+        "config",
+        help="print a resolved, validated config (or list the shipped ones)",
+        description="Validate a config with its overrides; print it resolved, as a run records it.",
+    )
+    config.add_argument(
+        "config", nargs="?", help="path or shipped name; omit to list shipped configs"
+    )
+    config.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    config.set_defaults(func=_cmd_config)
+
+    presets = sub.add_parser(
+        "presets", help="list the model presets", description="List the model presets."
+    )
+    presets.set_defaults(func=_cmd_presets)
+
+    rst = sub.add_parser(
+        "rst",
+        help="list and validate reference tables",
+        description="Reference tables map units of work to seconds on one reference machine.",
+    )
+    rst_sub = rst.add_subparsers(dest="rst_command", required=True, metavar="ACTION")
+    rst_list = rst_sub.add_parser("list", help="list the shipped tables and whether each is valid")
+    rst_list.set_defaults(func=_cmd_rst_list)
+    rst_validate = rst_sub.add_parser(
+        "validate",
+        help="check a table; exit 0 if valid, 1 naming the offending entry if not",
+        description=(
+            "Check that entries are positive, complete for every layer count, increasing in "
+            "layers, and close to a linear fit in layers (worst residual reported)."
+        ),
+    )
+    rst_validate.add_argument("table", help="shipped table name or path to a JSON table")
+    rst_validate.set_defaults(func=_cmd_rst_validate)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="measure this machine and write a reference table",
+        description=(
+            "Time forward+backward and forward-only passes of one microbatch at every active-layer "
+            "count, and one AdamW step of the full model (warm-up, repeated timing, median), and "
+            "write them as a reference table bound to the preset."
+        ),
+    )
+    calibrate.add_argument("--preset", required=True, help="model preset (see `ntng presets`)")
+    calibrate.add_argument(
+        "--microbatch", type=int, default=32, help="sequences per microbatch (32)"
+    )
+    calibrate.add_argument("--out", required=True, help="path of the JSON table to write")
+    calibrate.add_argument("--repeats", type=int, default=7, help="timed repetitions per entry (7)")
+    calibrate.add_argument("--warmup", type=int, default=2, help="untimed warm-up passes (2)")
+    calibrate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    calibrate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    calibrate.add_argument("--name", help="table name (default: calibrated-<preset>)")
+    calibrate.set_defaults(func=_cmd_calibrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NtngError as exc:
+        print(f"ntng: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ntng: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

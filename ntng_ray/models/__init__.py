@@ -1,0 +1,1 @@
+"""BERT and T5 presets, builders, and the active-layer interface strategies use."""

@@ -1,0 +1,159 @@
+"""Measure this machine: the seconds of each unit of work, written as a reference table.
+
+Timing runs the project's own engine on real collated batches (random tokens through the MLM
+or span-corruption collator), so a calibrated table times the same code the loop runs.
+Each entry is the median of repeated timings after untimed warm-up passes.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from ntng_ray import __version__
+from ntng_ray.config import OptimizerConfig
+from ntng_ray.data.collators import MLMCollator, SpanCorruptionCollator
+from ntng_ray.data.packing import compute_t5_lengths
+from ntng_ray.errors import NtngError
+from ntng_ray.models.builders import TokenIds, build_model
+from ntng_ray.models.presets import PRESETS, Preset
+from ntng_ray.rst.table import ReferenceTable, TableUnit
+from ntng_ray.train.engine import Batch, TorchEngine
+from ntng_ray.train.optim import build_optimizer
+
+NUM_SPECIAL = 5
+NUM_SENTINELS = 100
+
+
+def _random_batch(
+    preset: Preset, microbatch: int, generator: torch.Generator
+) -> tuple[Batch, int | None]:
+    """A collated batch of random tokens at the preset's lengths, and T5's target length."""
+    vocab = preset.vocab_size
+    if preset.family == "bert":
+        rows = torch.randint(NUM_SPECIAL, vocab, (microbatch, preset.seq_len), generator=generator)
+        collator = MLMCollator(vocab, mask_id=4, special_ids=frozenset(range(NUM_SPECIAL)))
+        return collator(rows, generator), None
+    tokens_length, target_length = compute_t5_lengths(preset.seq_len, 0.15, 3.0)
+    rows = torch.randint(3, vocab - NUM_SENTINELS, (microbatch, tokens_length), generator=generator)
+    collator = SpanCorruptionCollator(
+        input_length=preset.seq_len,
+        target_length=target_length,
+        noise_density=0.15,
+        mean_noise_span_length=3.0,
+        eos_id=1,
+        sentinel_ids=list(range(vocab - 1, vocab - 1 - NUM_SENTINELS, -1)),
+    )
+    return collator(rows, generator), target_length
+
+
+def _median_seconds(
+    action: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    prepare: Callable[[], object] = lambda: None,
+) -> float:
+    """Median time of ``action`` (``prepare`` runs untimed before each call)."""
+    for _ in range(warmup):
+        prepare()
+        action()
+    timings = []
+    for _ in range(repeats):
+        prepare()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        action()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def calibrate(
+    preset_name: str,
+    microbatch: int = 32,
+    repeats: int = 7,
+    warmup: int = 2,
+    device: str = "auto",
+    precision: str = "fp32",
+    name: str | None = None,
+) -> ReferenceTable:
+    """Time fwd+bwd and forward-only per layer count, and one AdamW step, for ``preset_name``."""
+    if preset_name not in PRESETS:
+        raise NtngError(f"--preset {preset_name!r}: unknown; allowed: {', '.join(PRESETS)}")
+    for flag, value, low in (
+        ("--microbatch", microbatch, 1),
+        ("--repeats", repeats, 1),
+        ("--warmup", warmup, 0),
+    ):
+        if value < low:
+            raise NtngError(f"{flag} = {value}: must be at least {low}")
+    from ntng_ray.train.loop import environment, pick_device
+
+    preset = PRESETS[preset_name]
+    torch_device = pick_device(device)
+    model = build_model(preset, preset.vocab_size, TokenIds(pad_id=0, eos_id=1), seed=0)
+    engine = TorchEngine(
+        model,
+        build_optimizer(OptimizerConfig(name="adamw"), model.to(torch_device)),
+        torch_device,
+        precision,
+        grad_clip=None,
+    )
+    batch, target_length = _random_batch(preset, microbatch, torch.Generator().manual_seed(0))
+
+    def train_pass() -> None:
+        engine.forward_backward(batch, scale=1.0)
+        engine.optimizer.zero_grad(set_to_none=True)
+
+    train_seconds, forward_seconds = {}, {}
+    for layers in range(1, preset.num_layers + 1):
+        engine.set_active_layers(layers)
+        train_seconds[layers] = _median_seconds(train_pass, torch_device, repeats, warmup)
+        forward_seconds[layers] = _median_seconds(
+            lambda: engine.loss_sum(batch), torch_device, repeats, warmup
+        )
+    engine.set_active_layers(None)
+
+    optimizer_seconds = _median_seconds(
+        lambda: engine.step(lr=0.0),
+        torch_device,
+        repeats,
+        warmup,
+        prepare=lambda: engine.forward_backward(batch, scale=1.0),
+    )
+    env = environment(torch_device)
+    return ReferenceTable(
+        name=name or f"calibrated-{preset_name}",
+        preset=preset_name,
+        description=(
+            f"{preset_name} measured by `ntng calibrate` on {env['hardware']} "
+            f"({env['device']}, {precision}, {env['torch_threads']} threads)"
+        ),
+        unit=TableUnit(
+            kind="microbatch",
+            sequences=microbatch,
+            seq_len=preset.seq_len,
+            target_len=target_length,
+            includes_optimizer=False,
+            reference_optimizer="adamw",
+        ),
+        train_seconds=train_seconds,
+        forward_seconds=forward_seconds,
+        optimizer_step_seconds={"adamw": optimizer_seconds},
+        machine={
+            "hardware": env["hardware"],
+            "device": env["device"],
+            "platform": platform.platform(),
+            "torch_threads": env["torch_threads"],
+            "precision": precision,
+        },
+        software={k: env[k] for k in ("ntng_ray", "python", "torch", "transformers")}
+        | {"calibrated_with": f"ntng_ray {__version__}", "repeats": repeats, "warmup": warmup},
+    )
