@@ -16,7 +16,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from ntng_ray.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from ntng_ray.train.loop import pretrain
+    from ntng_ray.train.run import pretrain
 
     summary = pretrain(cfg, reporters=[_print_progress])
     final = summary["validation"][-1]
@@ -94,10 +94,22 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         precision=args.precision,
         name=args.name,
     )
+    report = validate_table(table)
+    if not report.ok:
+        raise NtngError(
+            f"the measured table did not validate, so {args.out} was not written "
+            f"(timing noise? try more --repeats or a larger --microbatch):\n{report.summary()}"
+        )
     write_table(table, args.out)
     print(f"wrote {args.out}")
-    print(validate_table(table).summary())
+    print(report.summary())
     return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from ntng_ray.track.ui import run_ui
+
+    return run_ui(args.host, args.port, args.tracking_uri)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     calibrate.add_argument("--name", help="table name (default: calibrated-<preset>)")
     calibrate.set_defaults(func=_cmd_calibrate)
+
+    ui = sub.add_parser(
+        "ui",
+        help="serve the MLflow UI for the configured store on 127.0.0.1",
+        description=(
+            "Start the MLflow UI against the tracking store runs log to ($MLFLOW_TRACKING_URI, "
+            "else sqlite:///mlflow.db in this folder) and print its address. Ctrl-C stops it."
+        ),
+    )
+    ui.add_argument("--port", type=int, default=5000, help="port (5000)")
+    ui.add_argument(
+        "--host", help="address to bind; default 127.0.0.1 (pass another explicitly to expose it)"
+    )
+    ui.add_argument("--tracking-uri", help="MLflow store to serve (default as above)")
+    ui.set_defaults(func=_cmd_ui)
     return parser
 
 

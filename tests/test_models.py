@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import transformers
 
 from ntng_ray.models.active_layers import active_layers, num_layers, set_active_layers
 from ntng_ray.models.builders import TokenIds, build_model
@@ -98,3 +99,17 @@ def test_bad_layer_requests_are_refused(model: torch.nn.Module) -> None:
         set_active_layers(model, 5)
     with pytest.raises(ValueError, match=r"within 0\.\.3"):
         set_active_layers(model, [0, 4])
+
+
+def test_sparse_prediction_gives_the_dense_loss_and_gradients() -> None:
+    model = build_model(PRESETS["bert-tiny"], VOCAB, TokenIds(pad_id=0), seed=0)
+    dense = transformers.BertForMaskedLM(model.config)
+    dense.load_state_dict(model.state_dict())
+    batch = _batch("bert")
+    sparse_loss = model(**batch).loss
+    dense_loss = dense(**batch).loss
+    torch.testing.assert_close(sparse_loss, dense_loss)
+    sparse_loss.backward()
+    dense_loss.backward()
+    for (name, p), q in zip(model.named_parameters(), dense.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

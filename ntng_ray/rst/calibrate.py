@@ -7,6 +7,7 @@ Each entry is the median of repeated timings after untimed warm-up passes.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import statistics
 import time
@@ -51,27 +52,72 @@ def _random_batch(
     return collator(rows, generator), target_length
 
 
-def _median_seconds(
-    action: Callable[[], object],
-    device: torch.device,
-    repeats: int,
-    warmup: int,
-    prepare: Callable[[], object] = lambda: None,
-) -> float:
-    """Median time of ``action`` (``prepare`` runs untimed before each call)."""
+def _timed(action: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``action`` takes, waiting for the GPU where there is one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    action()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def _strictly_increasing(values: dict[int, float]) -> bool:
+    ordered = [values[k] for k in sorted(values)]
+    return all(a < b for a, b in itertools.pairwise(ordered))
+
+
+def _layer_timings(
+    engine: TorchEngine, batch: Batch, num_layers: int, repeats: int, warmup: int
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Median fwd+bwd and forward-only seconds per active-layer count.
+
+    Layer counts are measured in interleaved rounds, so a drift in machine load falls on every
+    entry alike rather than on the last ones measured. When noise leaves the medians out of
+    order, up to ``repeats`` more rounds are taken before giving up.
+    """
+    samples: dict[str, dict[int, list[float]]] = {
+        "train": {k: [] for k in range(1, num_layers + 1)},
+        "forward": {k: [] for k in range(1, num_layers + 1)},
+    }
+
+    def train_pass() -> None:
+        engine.forward_backward(batch, scale=1.0)
+        engine.optimizer.zero_grad(set_to_none=True)
+
+    def one_round(keep: bool) -> None:
+        for layers in range(1, num_layers + 1):
+            engine.set_active_layers(layers)
+            train = _timed(train_pass, engine.device)
+            forward = _timed(lambda: engine.loss_sum(batch), engine.device)
+            if keep:
+                samples["train"][layers].append(train)
+                samples["forward"][layers].append(forward)
+
+    def medians(kind: str) -> dict[int, float]:
+        return {k: statistics.median(v) for k, v in samples[kind].items()}
+
     for _ in range(warmup):
-        prepare()
-        action()
-    timings = []
+        one_round(keep=False)
     for _ in range(repeats):
-        prepare()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        action()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings.append(time.perf_counter() - started)
+        one_round(keep=True)
+    for _ in range(repeats):
+        if _strictly_increasing(medians("train")) and _strictly_increasing(medians("forward")):
+            break
+        one_round(keep=True)
+    engine.set_active_layers(None)
+    return medians("train"), medians("forward")
+
+
+def _optimizer_seconds(engine: TorchEngine, batch: Batch, repeats: int, warmup: int) -> float:
+    """Median seconds of one optimizer step of the full model (the backward before it untimed)."""
+    timings = []
+    for index in range(warmup + repeats):
+        engine.forward_backward(batch, scale=1.0)
+        seconds = _timed(lambda: engine.step(lr=0.0), engine.device)
+        if index >= warmup:
+            timings.append(seconds)
     return statistics.median(timings)
 
 
@@ -94,10 +140,10 @@ def calibrate(
     ):
         if value < low:
             raise NtngError(f"{flag} = {value}: must be at least {low}")
-    from ntng_ray.train.loop import environment, pick_device
+    from ntng_ray.train.plan import environment, prepare_device
 
     preset = PRESETS[preset_name]
-    torch_device = pick_device(device)
+    torch_device = prepare_device(device)
     model = build_model(preset, preset.vocab_size, TokenIds(pad_id=0, eos_id=1), seed=0)
     engine = TorchEngine(
         model,
@@ -108,26 +154,10 @@ def calibrate(
     )
     batch, target_length = _random_batch(preset, microbatch, torch.Generator().manual_seed(0))
 
-    def train_pass() -> None:
-        engine.forward_backward(batch, scale=1.0)
-        engine.optimizer.zero_grad(set_to_none=True)
-
-    train_seconds, forward_seconds = {}, {}
-    for layers in range(1, preset.num_layers + 1):
-        engine.set_active_layers(layers)
-        train_seconds[layers] = _median_seconds(train_pass, torch_device, repeats, warmup)
-        forward_seconds[layers] = _median_seconds(
-            lambda: engine.loss_sum(batch), torch_device, repeats, warmup
-        )
-    engine.set_active_layers(None)
-
-    optimizer_seconds = _median_seconds(
-        lambda: engine.step(lr=0.0),
-        torch_device,
-        repeats,
-        warmup,
-        prepare=lambda: engine.forward_backward(batch, scale=1.0),
+    train_seconds, forward_seconds = _layer_timings(
+        engine, batch, preset.num_layers, repeats, warmup
     )
+    optimizer_seconds = _optimizer_seconds(engine, batch, repeats, warmup)
     env = environment(torch_device)
     return ReferenceTable(
         name=name or f"calibrated-{preset_name}",

@@ -1,14 +1,20 @@
-"""The budgeted pretraining loop: one process, no Ray, stops when the RST budget is spent.
+"""The budgeted pretraining loop: it stops when the RST budget is spent, and knows no Ray.
 
-Every decision (learning rate, validation points, the stop) reads progress from the RST clock;
-wall time is recorded beside it and never decides anything. A step whose charge would take the
-clock past the budget is not started, so no run gets more compute than its budget and the
-final figure is at most one step's cost below it.
+Every decision (learning rate, validation points, checkpoints, the stop) reads progress from
+the RST clock; wall time is recorded beside it and never decides anything. A step whose charge
+would take the clock past the budget is not started, so no run gets more compute than its
+budget and the final figure is at most one step's cost below it.
+
+Data-parallel workers run the same loop. Every worker charges the whole data-parallel step
+(all workers' sequences) to its own clock: charges come from the reference table, not from
+measurements, so every clock advances identically without communication, and the stop, the
+schedule, validation and checkpoints agree on every worker. Launchers (Ray Train) plug in
+through reporters, a checkpoint sink, and a checkpoint folder to restore from.
 """
 
 from __future__ import annotations
 
-import platform
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,123 +24,98 @@ from typing import Any
 import numpy as np
 import torch
 
-from ntng_ray import __version__
 from ntng_ray.config import RunConfig
-from ntng_ray.data.prepare import PreparedData, prepare_data
+from ntng_ray.data.prepare import PreparedData
 from ntng_ray.errors import NtngError
-from ntng_ray.models.builders import TokenIds, build_model, count_parameters
+from ntng_ray.models.builders import count_parameters
 from ntng_ray.rst.clock import RSTClock, step_cost
-from ntng_ray.rst.table import ReferenceTable, TableReport, resolve_table
 from ntng_ray.schedules import lr_multiplier
 from ntng_ray.train.batches import BatchStream
-from ntng_ray.train.engine import Engine, TorchEngine
+from ntng_ray.train.engine import Engine
 from ntng_ray.train.evaluation import mean_token_loss
-from ntng_ray.train.optim import TABLE_OPTIMIZER, build_optimizer
-from ntng_ray.train.outputs import (
-    JsonlWriter,
-    resolve_output_dir,
-    write_json_atomic,
-    write_text_atomic,
-)
+from ntng_ray.train.optim import TABLE_OPTIMIZER
+from ntng_ray.train.plan import RunPlan, environment
 
 Reporter = Callable[[dict[str, Any]], None]
+# Called on every worker with a folder holding that worker's part of a checkpoint.
+CheckpointSink = Callable[[Path, dict[str, Any]], None]
+ENGINE_FOLDER = "engine"
 
 
-@dataclass
-class RunPlan:
-    """Everything checked and built before the first output file is written."""
+@dataclass(frozen=True)
+class Placement:
+    """This worker's place in the data-parallel group."""
 
-    cfg: RunConfig
-    table: ReferenceTable
-    table_report: TableReport
-    data: PreparedData
-    output_dir: Path
+    rank: int = 0
+    world_size: int = 1
 
 
-def plan_run(cfg: RunConfig) -> RunPlan:
-    """Check the table, the output folder and the data (building caches only), writing no output."""
-    table, report = resolve_table(cfg.rst.table, cfg.model.preset, cfg.rst.allow_invalid_table)
-    output_dir = resolve_output_dir(cfg)
-    data = prepare_data(cfg)
-    return RunPlan(cfg, table, report, data, output_dir)
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise NtngError("train.device = 'cuda' but torch sees no CUDA device; use cpu or auto")
-    return torch.device(choice)
-
-
-def build_engine(plan: RunPlan) -> Engine:
-    """The model at full depth with its optimizer, on the configured device and precision."""
-    cfg = plan.cfg
-    tok = plan.data.tokenizer
-    model = build_model(
-        cfg.preset, cfg.vocab_size, TokenIds(pad_id=tok.pad_id, eos_id=tok.eos_id), cfg.seed
-    )
-    device = pick_device(cfg.train.device)
-    model.to(device)
-    optimizer = build_optimizer(cfg.optimizer, model)
-    return TorchEngine(model, optimizer, device, cfg.train.precision, cfg.optimizer.grad_clip)
-
-
-def pretrain(cfg: RunConfig, reporters: Sequence[Reporter] = ()) -> dict[str, Any]:
-    """Run one budgeted pretraining job in this process; returns (and writes) its summary."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    plan = plan_run(cfg)
-    engine = build_engine(plan)
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(plan.output_dir / "config.yaml", cfg.to_yaml())
-    metrics = JsonlWriter(plan.output_dir / "metrics.jsonl")
-    try:
-        summary = BudgetedRun(plan, engine, [metrics, *reporters]).run()
-    finally:
-        metrics.close()
-    write_json_atomic(plan.output_dir / "summary.json", summary)
-    return summary
+def loop_state_file(rank: int) -> str:
+    return f"loop-rank{rank}.pt"
 
 
 class BudgetedRun:
-    """The loop's state for one run: clock, data order, evaluation points, counters."""
+    """One run's loop state: clock, data order, masks, evaluation and checkpoint points."""
 
-    def __init__(self, plan: RunPlan, engine: Engine, reporters: Sequence[Reporter]) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        engine: Engine,
+        reporters: Sequence[Reporter] = (),
+        placement: Placement = Placement(),
+        checkpoint_sink: CheckpointSink | None = None,
+    ) -> None:
         cfg = plan.cfg
-        self.plan, self.cfg, self.engine, self.reporters = plan, cfg, engine, reporters
+        self.plan, self.cfg, self.engine = plan, cfg, engine
+        self.reporters, self.placement, self.checkpoint_sink = reporters, placement, checkpoint_sink
         self.clock = RSTClock(cfg.budget.seconds)
         self.schedule = lr_multiplier(cfg.schedule)
         self.collator = plan.data.collator()
         self.stream = BatchStream(plan.data.train_ids, seed=cfg.seed)
-        self.mask_generator = torch.Generator().manual_seed(cfg.seed)
-        self.sequences_per_step = cfg.train.microbatch_size * cfg.train.grad_accum
+        self.mask_generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + placement.rank)
+        self.sequences_per_step = (
+            cfg.train.microbatch_size * cfg.train.grad_accum * placement.world_size
+        )
         self.eval_microbatch = cfg.eval.microbatch_size or cfg.train.microbatch_size
         self.val_rows = plan.data.rows[plan.data.val_ids]
-        self.train_eval_rows = plan.data.rows[_train_eval_sample(plan.data, cfg)]
+        self.train_eval_rows = plan.data.rows[train_eval_sample(plan.data, cfg)]
         self.pending_points = list(cfg.eval.points)
+        self.pending_checkpoints = list(cfg.backend.checkpoint_points)
         self.validation: list[dict[str, Any]] = []
         self.step = 0
         self.tokens = 0
         self.train_wall = 0.0
         self.eval_wall = 0.0
+        self.restored_from_step: int | None = None
         self.started = time.perf_counter()
 
     def run(self) -> dict[str, Any]:
+        """Train until the next step would pass the budget; return the run's summary."""
         self._evaluate_due_points()
         while True:
-            cost = step_cost(
-                self.plan.table,
-                active_layers=len(self.engine.active_layers()),
-                sequences=self.sequences_per_step,
-                optimizer=TABLE_OPTIMIZER[self.cfg.optimizer.name],
-            )
+            cost = self._step_cost()
             if self.clock.would_exceed(cost):
                 break
             self._train_step(cost)
             self._evaluate_due_points()
+            self._checkpoint_if_due()
         self._evaluate(1.0)
         return self._summary()
+
+    def _step_cost(self) -> dict[str, float]:
+        return step_cost(
+            self.plan.table,
+            active_layers=len(self.engine.active_layers()),
+            sequences=self.sequences_per_step,
+            optimizer=TABLE_OPTIMIZER[self.cfg.optimizer.name],
+        )
+
+    def _my_rows(self) -> torch.Tensor:
+        """This worker's microbatch: its slice of the group's next rows in the shared order."""
+        size = self.cfg.train.microbatch_size
+        ids = self.stream.take(size * self.placement.world_size)
+        mine = ids[self.placement.rank * size : (self.placement.rank + 1) * size]
+        return torch.from_numpy(self.plan.data.rows[mine]).long()
 
     def _train_step(self, cost: dict[str, float]) -> None:
         started = time.perf_counter()
@@ -142,9 +123,7 @@ class BudgetedRun:
         accum = self.cfg.train.grad_accum
         losses = []
         for _ in range(accum):
-            ids = self.stream.take(self.cfg.train.microbatch_size)
-            rows = torch.from_numpy(self.plan.data.rows[ids]).long()
-            batch = self.collator(rows, self.mask_generator)
+            batch = self.collator(self._my_rows(), self.mask_generator)
             losses.append(self.engine.forward_backward(batch, scale=1.0 / accum))
         grad_norm = self.engine.step(lr)
         self.clock.charge_all(cost)
@@ -172,11 +151,10 @@ class BudgetedRun:
     def _evaluate(self, point: float) -> None:
         started = time.perf_counter()
         seed = self.cfg.data.split_seed
-        loss = mean_token_loss(
-            self.engine, self.val_rows, self.collator, self.eval_microbatch, seed
-        )
+        rows, collator, microbatch = self.val_rows, self.collator, self.eval_microbatch
+        loss = mean_token_loss(self.engine, rows, collator, microbatch, seed)
         train_eval = mean_token_loss(
-            self.engine, self.train_eval_rows, self.collator, self.eval_microbatch, seed + 1
+            self.engine, self.train_eval_rows, collator, microbatch, seed + 1
         )
         self.eval_wall += time.perf_counter() - started
         record = {"progress": point, "loss": loss, "train_eval_loss": train_eval}
@@ -184,19 +162,71 @@ class BudgetedRun:
             record
             | {
                 "rst_progress": self.clock.progress,
-                "step": self.step,
                 "rst_seconds": self.clock.spent,
+                "step": self.step,
             }
         )
         self._report({"event": "validation", **record})
 
-    def _report(self, record: dict[str, Any]) -> None:
-        record |= {
+    def _checkpoint_if_due(self) -> None:
+        due = False
+        while self.pending_checkpoints and self.pending_checkpoints[0] <= self.clock.progress:
+            self.pending_checkpoints.pop(0)
+            due = True
+        if due and self.checkpoint_sink is not None:
+            with tempfile.TemporaryDirectory(prefix="ntng-ckpt-") as tmp:
+                folder = Path(tmp)
+                self.engine.save_state(folder / ENGINE_FOLDER)
+                torch.save(self._loop_state(), folder / loop_state_file(self.placement.rank))
+                self.checkpoint_sink(folder, self._progress_fields())
+
+    def _loop_state(self) -> dict[str, Any]:
+        return {
+            "world_size": self.placement.world_size,
+            "clock": self.clock.state_dict(),
+            "stream": self.stream.state_dict(),
+            "mask_generator": self.mask_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "tokens": self.tokens,
+            "validation": self.validation,
+            "pending_points": self.pending_points,
+            "pending_checkpoints": self.pending_checkpoints,
+            "train_wall": self.train_wall,
+            "eval_wall": self.eval_wall,
+        }
+
+    def restore(self, folder: Path) -> None:
+        """Continue from a checkpoint folder: weights, optimizer, clock, data position, RNGs."""
+        path = folder / loop_state_file(self.placement.rank)
+        if not path.is_file():
+            raise NtngError(f"checkpoint {folder} has no {path.name}; was it written by this run?")
+        state = torch.load(path, weights_only=True)
+        if state["world_size"] != self.placement.world_size:
+            raise NtngError(
+                f"checkpoint {folder} was written by {state['world_size']} workers; this run has "
+                f"{self.placement.world_size} (backend.workers must match to resume)"
+            )
+        self.engine.load_state(folder / ENGINE_FOLDER)
+        self.clock.load_state_dict(state["clock"])
+        self.stream.load_state_dict(state["stream"])
+        self.mask_generator.set_state(state["mask_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        for name in ("step", "tokens", "validation", "pending_points", "pending_checkpoints"):
+            setattr(self, name, state[name])
+        self.train_wall, self.eval_wall = state["train_wall"], state["eval_wall"]
+        self.restored_from_step = self.step
+
+    def _progress_fields(self) -> dict[str, Any]:
+        return {
             "step": self.step,
             "rst_seconds": self.clock.spent,
             "rst_progress": self.clock.progress,
             "wall_seconds": time.perf_counter() - self.started,
         }
+
+    def _report(self, record: dict[str, Any]) -> None:
+        record |= self._progress_fields()
         for reporter in self.reporters:
             reporter(record)
 
@@ -214,6 +244,8 @@ class BudgetedRun:
             "rst_breakdown": self.clock.breakdown,
             "steps": self.step,
             "sequences_per_step": self.sequences_per_step,
+            "workers": self.placement.world_size,
+            "restored_from_step": self.restored_from_step,
             "tokens": self.tokens,
             "wall_seconds": time.perf_counter() - self.started,
             "train_wall_seconds": self.train_wall,
@@ -234,30 +266,15 @@ class BudgetedRun:
                 "validation_sequences": len(plan.data.val_ids),
                 "train_eval_sequences": len(self.train_eval_rows),
                 "row_length": plan.data.row_length,
+                "corpus_fingerprint": plan.data.corpus_fingerprint,
             },
             "model_parameters": count_parameters(self.engine.model),
             "environment": environment(self.engine.device),
         }
 
 
-def _train_eval_sample(data: PreparedData, cfg: RunConfig) -> np.ndarray:
+def train_eval_sample(data: PreparedData, cfg: RunConfig) -> np.ndarray:
     """A fixed, uniformly drawn sample of training rows, the same for every strategy and seed."""
     rng = np.random.default_rng(cfg.data.split_seed)
     count = min(cfg.eval.train_eval_sequences, len(data.train_ids))
     return np.sort(rng.choice(data.train_ids, size=count, replace=False))
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions and hardware, recorded with every run."""
-    import transformers
-
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    return {
-        "ntng_ray": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": str(device),
-        "hardware": hardware or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-    }

@@ -1,0 +1,418 @@
+"""Record a run in MLflow: resolved config, provenance tags, metrics against RST, final status.
+
+Built on ``MlflowClient`` with explicit run ids, never the fluent active-run state, so a run
+created in one process (a driver) can be continued in another (a Ray worker, a restored run).
+Only rank 0 should create or feed an ``MlflowRun``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities.lifecycle_stage import LifecycleStage
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+from ntng_ray import __version__
+from ntng_ray.config import RunConfig, TrackingConfig
+from ntng_ray.errors import NtngError
+
+log = logging.getLogger(__name__)
+
+TRACKED_PACKAGES = (
+    "torch",
+    "transformers",
+    "datasets",
+    "tokenizers",
+    "ray",
+    "deepspeed",
+    "mlflow",
+)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+ARTIFACT_FOLDER = "mlartifacts"
+FLUSH_EVERY = 50
+END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+# Loop record key -> MLflow metric name, per event kind.
+EVENT_METRICS: dict[str, dict[str, str]] = {
+    "train": {
+        "loss": "train_loss",
+        "lr": "lr",
+        "grad_norm": "grad_norm",
+        "tokens": "tokens",
+        "tokens_per_s": "tokens_per_s",
+    },
+    "validation": {
+        "loss": "val_loss",
+        "train_eval_loss": "train_eval_loss",
+        "progress": "val_progress_point",
+    },
+}
+CLOCK_METRICS = ("rst_seconds", "rst_progress", "wall_seconds")
+FINAL_METRICS = (
+    "final_validation_loss",
+    "final_train_eval_loss",
+    "rst_seconds",
+    "steps",
+    "wall_seconds",
+    "tokens_per_s",
+)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+
+
+# --- where the store is ----------------------------------------------------------------------
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else SQLite in the working directory.
+
+    The default is made absolute so that processes started elsewhere (Ray workers) use the
+    same database as the process that resolved it.
+    """
+    if cfg.uri:
+        return cfg.uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative paths against the cwd), else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    raw = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not raw or raw == ":memory:":
+        return None
+    return Path(raw).resolve()
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def store_lock(tracking_uri: str) -> AbstractContextManager[None]:
+    """Serialize set-up of a SQLite store across processes; other stores need no lock.
+
+    Two processes initializing a fresh SQLite database at once both run MLflow's schema
+    migrations, and the loser can leave the database half-migrated for good.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return nullcontext()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return _exclusive(db.with_name(db.name + ".lock"))
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client on ``tracking_uri``, its store created (and migrated) under ``store_lock``."""
+    with store_lock(tracking_uri):
+        return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Beside a SQLite database, so artifacts do not land in whichever cwd made the experiment."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return None
+    folder = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)
+    return (db.parent / ARTIFACT_FOLDER / folder).as_uri()
+
+
+# --- what a run records ----------------------------------------------------------------------
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:MAX_PARAM_VAL_LENGTH]
+
+
+def flatten_params(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings as dotted keys with string values, as MLflow params must be.
+
+    Lists and scalars are written as JSON (None as "null"), so a param reads back unambiguously;
+    values are cut to MLflow's length limit rather than failing the run.
+    """
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = _param_value(value)
+    return flat
+
+
+def git_commit(path: Path = PACKAGE_DIR) -> str:
+    """HEAD of the git checkout the code runs from, or "unknown" (an installed wheel)."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed versions read from package metadata, without importing the (heavy) packages."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def host_hardware() -> str:
+    """A CPU description, for callers that do not know their accelerator."""
+    cpu = platform.processor() or platform.machine() or "unknown CPU"
+    return f"{cpu}, {os.cpu_count()} CPUs"
+
+
+def run_tags(
+    cfg: RunConfig, table_id: str, table_sha256: str, hardware: str | None = None
+) -> dict[str, str]:
+    """The tags that let a figure be traced: what ran, on which table, code, packages, hardware.
+
+    ``table_id`` and ``table_sha256`` are those of the table the run charges from (the loop's
+    ``plan.table.table_id`` and ``.content_hash``); ``hardware`` defaults to a CPU description.
+    """
+    tags = {
+        MLFLOW_RUN_NAME: cfg.name,
+        "ntng.model": cfg.model.preset,
+        "ntng.strategy": cfg.strategy.name,
+        "ntng.budget_rst_seconds": repr(cfg.budget.seconds),
+        "ntng.seed": str(cfg.seed),
+        "ntng.rst_table": table_id,
+        "ntng.rst_table_sha256": table_sha256,
+        "ntng.git_commit": git_commit(),
+        "ntng.hardware": hardware or host_hardware(),
+    }
+    tags |= {f"ntng.version.{name}": v for name, v in package_versions().items()}
+    tags["ntng.version.ntng_ray"] = __version__
+    return {key: value[:MAX_TAG_VAL_LENGTH] for key, value in tags.items()}
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created if missing; safe when processes race to create it."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        raise NtngError(
+            f"tracking.experiment = {name!r} is a deleted MLflow experiment; restore it "
+            "(`mlflow experiments restore`) or choose another name"
+        )
+    return experiment.experiment_id
+
+
+class MlflowRun:
+    """One MLflow run, fed by the loop as a reporter; metrics are batched to keep overhead low."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._pending: list[Metric] = []
+        self.status: str | None = None
+
+    @classmethod
+    def start(cls, cfg: RunConfig, tags: Mapping[str, str], run_id: str | None = None) -> MlflowRun:
+        """Create a run (and its experiment), or reopen ``run_id`` when a restored run continues."""
+        uri = resolve_tracking_uri(cfg.tracking)
+        client = open_client(uri)
+        if run_id is None:
+            location = _artifact_location(uri, cfg.tracking.experiment)
+            with store_lock(uri):
+                experiment_id = ensure_experiment(client, cfg.tracking.experiment, location)
+            run = cls(client, client.create_run(experiment_id, tags=dict(tags)).info.run_id)
+        else:
+            _reopen(client, run_id, uri)
+            run = cls(client, run_id)
+            run._log_batch(tags=[RunTag(k, v) for k, v in tags.items()])
+        run._log_missing_params(flatten_params(cfg.model_dump(mode="json")))
+        return run
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def ended(self) -> bool:
+        return self.status is not None
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        """Take one loop record; metrics use the optimizer step, so RST can be plotted beside it."""
+        names = {**EVENT_METRICS.get(record.get("event", ""), {}), **{k: k for k in CLOCK_METRICS}}
+        step, stamp = int(record["step"]), _now_ms()
+        for key, name in names.items():
+            if record.get(key) is not None:
+                self._pending.append(Metric(name, float(record[key]), stamp, step))
+        if record.get("event") == "validation" or len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send buffered metrics now."""
+        pending, self._pending = self._pending, []
+        self._log_batch(metrics=pending)
+
+    def finish(self, summary: Mapping[str, Any], output_dir: Path) -> None:
+        """Log the final figures and the run's files, then mark the run FINISHED."""
+        step, stamp = int(summary.get("steps", 0)), _now_ms()
+        self._pending += [
+            Metric(name, float(summary[name]), stamp, step)
+            for name in FINAL_METRICS
+            if summary.get(name) is not None
+        ]
+        self.flush()
+        for name in RUN_FILES:
+            path = Path(output_dir) / name
+            if path.is_file():
+                self._client.log_artifact(self._run_id, str(path))
+        self.end("FINISHED")
+
+    def end(self, status: str) -> None:
+        """Flush and mark the run ended with ``status`` (FINISHED, FAILED or KILLED); once only."""
+        if status not in END_STATUSES:
+            raise ValueError(f"status {status!r}: allowed {', '.join(END_STATUSES)}")
+        if self.ended:
+            return
+        self.flush()
+        self._client.set_terminated(self._run_id, status)
+        self.status = status
+
+    def _log_missing_params(self, params: dict[str, str]) -> None:
+        """Log params the run lacks; MLflow refuses to change a logged one, so keep those as is."""
+        logged = self._client.get_run(self._run_id).data.params
+        changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
+        if changed:
+            log.warning("run %s keeps its first values of params %s", self._run_id, changed)
+        missing = [Param(k, v) for k, v in params.items() if k not in logged]
+        self._log_batch(params=missing)
+
+    def _log_batch(
+        self,
+        metrics: list[Metric] | None = None,
+        params: list[Param] | None = None,
+        tags: list[RunTag] | None = None,
+    ) -> None:
+        for chunk in _chunks(metrics or [], MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self._run_id, metrics=chunk)
+        for chunk in _chunks(params or [], MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, params=chunk)
+        for chunk in _chunks(tags or [], MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, tags=chunk)
+
+
+def _reopen(client: MlflowClient, run_id: str, uri: str) -> None:
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise NtngError(f"MLflow run id {run_id!r} is not in the tracking store {uri}") from None
+    client.update_run(run_id, status="RUNNING")
+
+
+# --- ending a run as what happened -----------------------------------------------------------
+
+
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt, so a terminated process unwinds (a run ends KILLED)."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise RunTerminated(f"signal {signum}")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Raise RunTerminated on SIGTERM while the block runs (main thread only; else a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _end_after_error(run: MlflowRun, status: str) -> None:
+    """End the run without hiding the error that is already propagating."""
+    try:
+        run.end(status)
+    except Exception:
+        log.exception("could not mark MLflow run %s as %s", run.run_id, status)
+
+
+@contextmanager
+def track_run(
+    cfg: RunConfig, tags: Mapping[str, str], run_id: str | None = None
+) -> Iterator[MlflowRun]:
+    """Yield a started run whose end status matches what happened in the block.
+
+    FINISHED only if the block called ``finish``; KILLED on KeyboardInterrupt or SIGTERM;
+    FAILED on any other exception, or when the block returned without finishing.
+    """
+    run = MlflowRun.start(cfg, tags, run_id)
+    try:
+        with sigterm_as_interrupt():
+            yield run
+    except KeyboardInterrupt:
+        _end_after_error(run, "KILLED")
+        raise
+    except BaseException:
+        _end_after_error(run, "FAILED")
+        raise
+    if not run.ended:
+        log.warning("MLflow run %s ended without finish(); marking it FAILED", run.run_id)
+        run.end("FAILED")

@@ -1,0 +1,132 @@
+"""Run a pretraining job: in this process, or on Ray Train workers when the backend asks.
+
+Both paths share how a run's outputs begin (config.yaml) and end (the final model, summary.json,
+the MLflow run closed FINISHED), so a run's folder looks the same however it was launched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ntng_ray.config import RunConfig
+from ntng_ray.errors import NtngError
+from ntng_ray.train.engine import Engine
+from ntng_ray.train.loop import BudgetedRun, CheckpointSink, Reporter
+from ntng_ray.train.outputs import JsonlWriter, write_json_atomic, write_text_atomic
+from ntng_ray.train.plan import RunPlan, build_engine, environment, plan_run
+
+MODEL_FOLDER = "model"
+CHECKPOINT_FOLDER = "checkpoints"
+
+
+def uses_ray(cfg: RunConfig) -> bool:
+    """One CPU worker runs in this process unless Ray is asked for; anything more needs Ray."""
+    backend = cfg.backend
+    wants_ray = backend.launcher == "ray" or backend.workers > 1 or backend.use_gpu
+    if backend.launcher == "local" and wants_ray:
+        raise NtngError(
+            f"backend.launcher = 'local' runs one process, but backend.workers = {backend.workers}"
+            f" and backend.use_gpu = {backend.use_gpu} need Ray Train; use launcher auto or ray"
+        )
+    return wants_ray
+
+
+def pretrain(cfg: RunConfig, reporters: Sequence[Reporter] = ()) -> dict[str, Any]:
+    """Run one budgeted pretraining job; returns (and writes) its summary."""
+    if uses_ray(cfg):
+        from ntng_ray.train.ray_launch import pretrain_on_ray
+
+        return pretrain_on_ray(cfg, reporters)
+    return pretrain_in_process(cfg, reporters)
+
+
+def pretrain_in_process(cfg: RunConfig, reporters: Sequence[Reporter] = ()) -> dict[str, Any]:
+    """The run in this process, with no Ray: the core loop, its outputs and its MLflow run."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    plan = plan_run(cfg)
+    engine = build_engine(plan)
+    begin_outputs(plan)
+    with tracked(plan, engine) as mlflow_run, rank0_sinks(plan, mlflow_run) as sinks:
+        sink = keep_latest_checkpoint(plan.output_dir / CHECKPOINT_FOLDER)
+        summary = BudgetedRun(plan, engine, [*sinks, *reporters], checkpoint_sink=sink).run()
+        finish_outputs(plan, engine, summary, mlflow_run)
+    return summary
+
+
+def begin_outputs(plan: RunPlan) -> None:
+    """Create the output folder and record the resolved config in it."""
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(plan.output_dir / "config.yaml", plan.cfg.to_yaml())
+
+
+@contextlib.contextmanager
+def rank0_sinks(plan: RunPlan, mlflow_run: Any) -> Iterator[list[Reporter]]:
+    """The metrics JSONL and (when tracking is on) the MLflow run, as loop reporters."""
+    with contextlib.closing(JsonlWriter(plan.output_dir / "metrics.jsonl")) as jsonl:
+        yield [jsonl] if mlflow_run is None else [jsonl, mlflow_run]
+
+
+def finish_outputs(plan: RunPlan, engine: Engine, summary: dict[str, Any], mlflow_run: Any) -> None:
+    """Write the final model and summary.json, then close the MLflow run FINISHED."""
+    export_model(plan, engine, plan.output_dir / MODEL_FOLDER)
+    if mlflow_run is not None:
+        summary["mlflow_run_id"] = mlflow_run.run_id
+    write_json_atomic(plan.output_dir / "summary.json", summary)
+    if mlflow_run is not None:
+        mlflow_run.finish(summary, plan.output_dir)
+
+
+def export_model(plan: RunPlan, engine: Engine, folder: Path) -> None:
+    """The trained model in HF format with its tokenizer, for fine-tuning and inspection."""
+    engine.model.save_pretrained(folder)
+    tok = plan.data.tokenizer
+    shutil.copyfile(tok.path, folder / "tokenizer.json")
+    special = {"pad_id": tok.pad_id, "eos_id": tok.eos_id, "mask_id": tok.mask_id}
+    info = {"preset": plan.cfg.model.preset, "family": tok.family, "vocab_size": tok.vocab_size}
+    write_json_atomic(folder / "ntng_model.json", info | special)
+
+
+def keep_latest_checkpoint(folder: Path) -> CheckpointSink:
+    """In-process checkpoints: the newest one is kept under ``folder``/step-N."""
+
+    def sink(source: Path, progress: dict[str, Any]) -> None:
+        target = folder / f"step-{progress['step']:07d}"
+        shutil.copytree(source, target)
+        write_json_atomic(target / "progress.json", progress)
+        for old in folder.iterdir():
+            if old != target:
+                shutil.rmtree(old)
+
+    return sink
+
+
+def tracked(
+    plan: RunPlan, engine: Engine, run_id: str | None = None
+) -> contextlib.AbstractContextManager:
+    """The run's MLflow run (ended FINISHED, FAILED or KILLED as it goes), or None when off.
+
+    MLflow is imported only here, so the loop runs where it is not installed.
+    """
+    if not plan.cfg.tracking.enabled:
+        return contextlib.nullcontext(None)
+    from ntng_ray.track.mlflow_run import run_tags, track_run
+
+    tags = run_tags(
+        plan.cfg,
+        plan.table.table_id,
+        plan.table.content_hash,
+        hardware=environment(engine.device)["hardware"],
+    )
+    return track_run(plan.cfg, tags, run_id=run_id)
+
+
+def read_summary(output_dir: Path) -> dict[str, Any]:
+    return json.loads((output_dir / "summary.json").read_text())

@@ -1,0 +1,86 @@
+"""The budgeted loop on tiny BERT and tiny T5: stops at the budget, and learns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from ntng_ray.cli import main
+from ntng_ray.config import load_config
+from ntng_ray.rst.clock import step_cost
+from ntng_ray.rst.table import load_table
+from ntng_ray.train.run import pretrain
+
+FAST = [
+    "data.synthetic.num_documents=600",
+    "data.max_validation_sequences=32",
+    "eval.train_eval_sequences=32",
+    "eval.points=[0.5]",
+    "train.log_every=5",
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "budget", "min_drop"),
+    [("bert-tiny-synthetic", 10, 1.5), ("t5-tiny-synthetic", 10, 3.0)],
+)
+def test_run_stops_within_one_step_of_budget_and_learns(
+    tmp_path, config: str, budget: float, min_drop: float
+) -> None:
+    out = tmp_path / "run"
+    cfg = load_config(config, [*FAST, f"budget.rst_seconds={budget}", f"output_dir={out}"])
+    summary = pretrain(cfg)
+
+    table = load_table(cfg.rst.table)
+    per_step = sum(step_cost(table, cfg.preset.num_layers, cfg.train.microbatch_size).values())
+    assert summary["rst_seconds"] <= budget
+    assert budget - summary["rst_seconds"] < per_step
+    assert summary["steps"] == int(budget / per_step + 1e-9)
+
+    points = [entry["progress"] for entry in summary["validation"]]
+    assert points == [0.0, 0.5, 1.0]
+    first, last = summary["validation"][0]["loss"], summary["validation"][-1]["loss"]
+    assert last < first - min_drop, (first, last)
+    assert summary["final_train_eval_loss"] < summary["validation"][0]["train_eval_loss"] - min_drop
+
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert load_config(str(out / "config.yaml")) == cfg
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {line["event"] for line in lines} == {"train", "validation"}
+    train_lines = [line for line in lines if line["event"] == "train"]
+    assert all(line["rst_seconds"] <= budget for line in lines)
+    assert [line["step"] for line in train_lines] == list(range(5, summary["steps"] + 1, 5))
+
+
+def test_cli_contract_summary_fields(tmp_path, capsys) -> None:
+    out = tmp_path / "cli-run"
+    code = main(
+        ["pretrain", "bert-tiny-synthetic", *FAST, "budget.rst_seconds=3", f"output_dir={out}"]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("budget_rst_seconds", "rst_seconds", "steps", "wall_seconds", "mlflow_run_id"):
+        assert key in summary
+    assert summary["budget_rst_seconds"] == 3
+    assert summary["validation"][0]["progress"] == 0.0
+    assert summary["validation"][-1]["progress"] == 1.0
+    assert yaml.safe_load((out / "config.yaml").read_text())["budget"]["rst_seconds"] == 3
+    assert "done:" in capsys.readouterr().out
+
+
+def test_evaluation_is_deterministic_and_uses_all_layers(tmp_path) -> None:
+    """Two evaluations of the same weights agree exactly, whatever layers training used."""
+    from ntng_ray.train.evaluation import mean_token_loss
+    from ntng_ray.train.plan import build_engine, plan_run
+
+    cfg = load_config("bert-tiny-synthetic", [*FAST, f"output_dir={tmp_path / 'x'}"])
+    plan = plan_run(cfg)
+    engine = build_engine(plan)
+    rows = plan.data.rows[plan.data.val_ids]
+    collator = plan.data.collator()
+    full = mean_token_loss(engine, rows, collator, 16, seed=1)
+    engine.set_active_layers(1)
+    assert mean_token_loss(engine, rows, collator, 16, seed=1) == full
+    assert engine.active_layers() == (0,)
