@@ -106,6 +106,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prebuild_ops(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from ntng_ray.train.deepspeed_engine import prebuild_ops
+
+    started = time.perf_counter()
+    built = prebuild_ops(torch.device(args.device))
+    names = ", ".join(built) or "none needed"
+    print(f"DeepSpeed ops ready ({names}) in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from ntng_ray.track.ui import run_ui
 
@@ -192,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     calibrate.add_argument("--name", help="table name (default: calibrated-<preset>)")
     calibrate.set_defaults(func=_cmd_calibrate)
+
+    prebuild = sub.add_parser(
+        "prebuild-ops",
+        help="compile DeepSpeed's JIT C++ ops once (CI, cluster images)",
+        description=(
+            "DeepSpeed compiles C++ ops on first use (about 45 s each) into $TORCH_EXTENSIONS_DIR; "
+            "build them once, ahead of runs and tests."
+        ),
+    )
+    prebuild.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    prebuild.set_defaults(func=_cmd_prebuild_ops)
 
     ui = sub.add_parser(
         "ui",

@@ -85,7 +85,21 @@ class TokenizerConfig(Section):
 
 
 class StrategyConfig(Section):
-    name: Literal["baseline"] = "baseline"
+    """``name`` picks a strategy; its parameters sit beside it (``strategy.<param>=…``)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = Field("baseline", description="See `ntng strategies`.")
+
+    @model_validator(mode="after")
+    def _known_strategy_and_params(self) -> StrategyConfig:
+        self.params()
+        return self
+
+    def params(self) -> Any:
+        """The strategy's validated parameters (its ``Params`` model)."""
+        from ntng_ray.strategies import parse_params
+
+        return parse_params(self.name, dict(self.model_extra or {}))
 
 
 class OptimizerConfig(Section):
@@ -319,6 +333,9 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> str
             msg = "required but missing"
         value = err.get("input")
         shown = "" if err["type"] == "missing" or isinstance(value, dict) else f" = {value!r}"
+        if msg.startswith(f"{loc}."):
+            lines.append(f"  {msg}")
+            continue
         lines.append(f"  {loc}{shown}: {msg}")
     return "\n".join(lines)
 

@@ -78,7 +78,7 @@ BAD_INPUTS = [
     (["train.grad_accum=0"], "train.grad_accum = 0"),
     (["rst.table=no-such-table"], "no-such-table"),
     (["rst.table=paper-t5-a100"], "paper-t5-a100"),
-    (["rst.table=paper-bert-rtx3090"], "layer 7"),
+    (["rst.table=paper-bert-rtx3090"], "bound to preset 'bert-crammed'"),
     (["data.source=hub", "data.hub_name=c4"], "c4"),
     (["optimizer.name=sgd"], "optimizer.name = 'sgd'"),
     (["eval.points=[1.5]"], "progress points must lie in [0, 1]"),
@@ -110,6 +110,19 @@ def test_malformed_yaml_and_missing_config(tmp_path, capsys) -> None:
 def test_invalid_table_file_names_the_entry(tmp_path, capsys, corrupt_table: str) -> None:
     code, text = run(capsys, "rst", "validate", corrupt_table)
     assert code != 0 and "train_seconds" in text and "layer 3" in text
+
+
+def test_run_refuses_an_invalid_table_for_its_preset(tmp_path, capsys) -> None:
+    data = json.loads((resources.files("ntng_ray.rst.tables") / "cpu-bert-tiny.json").read_text())
+    data["train_seconds"]["3"] = data["train_seconds"]["1"] / 2
+    path = tmp_path / "bad-bert-tiny.json"
+    write_table(parse_table(data), path)
+    out = tmp_path / "never"
+    code, text = run(
+        capsys, "pretrain", "bert-tiny-synthetic", f"rst.table={path}", f"output_dir={out}"
+    )
+    assert code == 2 and "layer 3" in text and "allow_invalid_table" in text, text
+    assert not out.exists()
 
 
 def test_non_empty_output_dir_is_refused(tmp_path, capsys) -> None:

@@ -3,7 +3,7 @@
 All engines share one single-process gloo group: torch.distributed's default group can be
 initialised once per process, and ``deepspeed.initialize`` reuses an existing one, so many
 engines are built in one pytest process. The DeepSpeed shm op must be prebuilt
-(``python -m benchmarks.build_deepspeed_ops``), else the first DeepSpeed test spends ~45 s
+(``ntng prebuild-ops``), else the first DeepSpeed test spends ~45 s
 compiling it.
 """
 

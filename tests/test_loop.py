@@ -73,11 +73,12 @@ def test_cli_contract_summary_fields(tmp_path, capsys) -> None:
 def test_evaluation_is_deterministic_and_uses_all_layers(tmp_path) -> None:
     """Two evaluations of the same weights agree exactly, whatever layers training used."""
     from ntng_ray.train.evaluation import mean_token_loss
-    from ntng_ray.train.plan import build_engine, plan_run
+    from ntng_ray.train.loop import build_run
+    from ntng_ray.train.plan import plan_run
 
     cfg = load_config("bert-tiny-synthetic", [*FAST, f"output_dir={tmp_path / 'x'}"])
     plan = plan_run(cfg)
-    engine = build_engine(plan)
+    engine = build_run(plan).engine
     rows = plan.data.rows[plan.data.val_ids]
     collator = plan.data.collator()
     full = mean_token_loss(engine, rows, collator, 16, seed=1)

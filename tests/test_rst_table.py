@@ -22,7 +22,13 @@ from ntng_ray.rst import (
     write_table,
 )
 
-SHIPPED = ["paper-bert-rtx3090", "paper-bert-rtx3090-fixed", "paper-t5-a100"]
+SHIPPED = [
+    "cpu-bert-tiny",
+    "cpu-t5-tiny",
+    "paper-bert-rtx3090",
+    "paper-bert-rtx3090-fixed",
+    "paper-t5-a100",
+]
 PAPER_BERT = [0.02521, 0.03837, 0.05177, 0.06508, 0.07847, 0.09188, 0.01052, 0.1186,
               0.1319, 0.1454, 0.1589, 0.1722, 0.1857, 0.1988, 0.212, 0.2253]  # fmt: skip
 

@@ -23,7 +23,8 @@ def mean_token_loss(
     """Token-weighted mean loss of the model (all layers active) over ``rows``."""
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
-    active = engine.set_active_layers(None)
+    active = engine.active_layers()
+    engine.set_active_layers(None)
     try:
         for start in range(0, len(rows), microbatch):
             batch = collator(torch.from_numpy(rows[start : start + microbatch]).long(), generator)

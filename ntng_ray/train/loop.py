@@ -28,18 +28,20 @@ from ntng_ray.config import RunConfig
 from ntng_ray.data.prepare import PreparedData
 from ntng_ray.errors import NtngError
 from ntng_ray.models.builders import count_parameters
-from ntng_ray.rst.clock import RSTClock, step_cost
+from ntng_ray.rst.clock import FORWARD, HESSIAN, OPTIMIZER, TRAIN, RSTClock, step_cost
 from ntng_ray.schedules import lr_multiplier
+from ntng_ray.strategies import Strategy, StrategyContext, build_strategy
+from ntng_ray.strategies.base import Candidates, Cost, Examples
 from ntng_ray.train.batches import BatchStream
 from ntng_ray.train.engine import Engine
 from ntng_ray.train.evaluation import mean_token_loss
-from ntng_ray.train.optim import TABLE_OPTIMIZER
-from ntng_ray.train.plan import RunPlan, environment
+from ntng_ray.train.plan import RunPlan, build_engine, environment
 
 Reporter = Callable[[dict[str, Any]], None]
 # Called on every worker with a folder holding that worker's part of a checkpoint.
 CheckpointSink = Callable[[Path, dict[str, Any]], None]
 ENGINE_FOLDER = "engine"
+RST_KINDS = frozenset({TRAIN, FORWARD, OPTIMIZER, HESSIAN})
 
 
 @dataclass(frozen=True)
@@ -61,21 +63,23 @@ class BudgetedRun:
         self,
         plan: RunPlan,
         engine: Engine,
+        strategy: Strategy,
         reporters: Sequence[Reporter] = (),
         placement: Placement = Placement(),
         checkpoint_sink: CheckpointSink | None = None,
     ) -> None:
         cfg = plan.cfg
-        self.plan, self.cfg, self.engine = plan, cfg, engine
+        self.plan, self.cfg, self.engine, self.strategy = plan, cfg, engine, strategy
         self.reporters, self.placement, self.checkpoint_sink = reporters, placement, checkpoint_sink
         self.clock = RSTClock(cfg.budget.seconds)
         self.schedule = lr_multiplier(cfg.schedule)
         self.collator = plan.data.collator()
-        self.stream = BatchStream(plan.data.train_ids, seed=cfg.seed)
+        self.stream = BatchStream(strategy.training_rows(plan.data.train_ids), seed=cfg.seed)
         self.mask_generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + placement.rank)
         self.sequences_per_step = (
             cfg.train.microbatch_size * cfg.train.grad_accum * placement.world_size
         )
+        self.candidates = Candidates(draw=self._draw, microbatch=cfg.train.microbatch_size)
         self.eval_microbatch = cfg.eval.microbatch_size or cfg.train.microbatch_size
         self.val_rows = plan.data.rows[plan.data.val_ids]
         self.train_eval_rows = plan.data.rows[train_eval_sample(plan.data, cfg)]
@@ -93,40 +97,45 @@ class BudgetedRun:
         """Train until the next step would pass the budget; return the run's summary."""
         self._evaluate_due_points()
         while True:
-            cost = self._step_cost()
-            if self.clock.would_exceed(cost):
+            started = time.perf_counter()
+            progress = self.clock.progress
+            self.strategy.before_step(self.engine, progress, self.step)
+            self.engine.set_active_layers(self.strategy.active_layers(progress, self.step))
+            depth = len(self.engine.active_layers())
+            cost = step_cost(
+                self.plan.table,
+                active_layers=depth,
+                sequences=self.sequences_per_step,
+                optimizer=self.strategy.table_optimizer(),
+            )
+            bound = self.strategy.max_extra_cost(depth)
+            worst = _add(cost, {k: v * self.placement.world_size for k, v in bound.items()})
+            if self.clock.would_exceed(worst):
                 break
-            self._train_step(cost)
+            self._train_step(cost, started)
             self._evaluate_due_points()
             self._checkpoint_if_due()
         self._evaluate(1.0)
         return self._summary()
 
-    def _step_cost(self) -> dict[str, float]:
-        return step_cost(
-            self.plan.table,
-            active_layers=len(self.engine.active_layers()),
-            sequences=self.sequences_per_step,
-            optimizer=TABLE_OPTIMIZER[self.cfg.optimizer.name],
-        )
+    def _draw(self, count: int) -> Examples:
+        """This worker's next ``count`` examples: its slice of the group's shared order."""
+        ids = self.stream.take(count * self.placement.world_size)
+        mine = ids[self.placement.rank * count : (self.placement.rank + 1) * count]
+        rows = torch.from_numpy(self.plan.data.rows[mine]).long()
+        return Examples(mine, self.collator(rows, self.mask_generator))
 
-    def _my_rows(self) -> torch.Tensor:
-        """This worker's microbatch: its slice of the group's next rows in the shared order."""
-        size = self.cfg.train.microbatch_size
-        ids = self.stream.take(size * self.placement.world_size)
-        mine = ids[self.placement.rank * size : (self.placement.rank + 1) * size]
-        return torch.from_numpy(self.plan.data.rows[mine]).long()
-
-    def _train_step(self, cost: dict[str, float]) -> None:
-        started = time.perf_counter()
+    def _train_step(self, cost: Cost, started: float) -> None:
         lr = self.cfg.optimizer.lr * self.schedule(self.clock.progress)
         accum = self.cfg.train.grad_accum
-        losses = []
+        losses, extra = [], {}
         for _ in range(accum):
-            batch = self.collator(self._my_rows(), self.mask_generator)
-            losses.append(self.engine.forward_backward(batch, scale=1.0 / accum))
+            examples, spent = self.strategy.select(self.candidates, self.engine)
+            extra = _add(extra, spent)
+            losses.append(self.engine.forward_backward(examples.batch, scale=1.0 / accum))
         grad_norm = self.engine.step(lr)
-        self.clock.charge_all(cost)
+        extra = _add(extra, self.strategy.after_step(self.engine, self.step + 1, self.candidates))
+        self.clock.charge_all(_add(cost, _sum_over_workers(extra, self.placement)))
         self.step += 1
         self.tokens += self.sequences_per_step * self.cfg.preset.seq_len
         self.train_wall += time.perf_counter() - started
@@ -137,8 +146,10 @@ class BudgetedRun:
                     "loss": float(np.mean(losses)),
                     "lr": lr,
                     "grad_norm": grad_norm,
+                    "active_layers": len(self.engine.active_layers()),
                     "tokens": self.tokens,
                     "tokens_per_s": self.tokens / self.train_wall,
+                    **self.strategy.metrics(),
                 }
             )
 
@@ -194,6 +205,7 @@ class BudgetedRun:
             "pending_checkpoints": self.pending_checkpoints,
             "train_wall": self.train_wall,
             "eval_wall": self.eval_wall,
+            "strategy": self.strategy.state_dict(),
         }
 
     def restore(self, folder: Path) -> None:
@@ -215,6 +227,7 @@ class BudgetedRun:
         for name in ("step", "tokens", "validation", "pending_points", "pending_checkpoints"):
             setattr(self, name, state[name])
         self.train_wall, self.eval_wall = state["train_wall"], state["eval_wall"]
+        self.strategy.load_state_dict(state["strategy"])
         self.restored_from_step = self.step
 
     def _progress_fields(self) -> dict[str, Any]:
@@ -237,6 +250,8 @@ class BudgetedRun:
             "name": cfg.name,
             "preset": cfg.model.preset,
             "strategy": cfg.strategy.name,
+            "strategy_params": cfg.strategy.params().model_dump(mode="json"),
+            "strategy_summary": self.strategy.summary_fields(),
             "seed": cfg.seed,
             "budget_rst_seconds": cfg.budget.seconds,
             "rst_seconds": self.clock.spent,
@@ -271,6 +286,39 @@ class BudgetedRun:
             "model_parameters": count_parameters(self.engine.model),
             "environment": environment(self.engine.device),
         }
+
+
+def build_run(
+    plan: RunPlan,
+    placement: Placement = Placement(),
+    device: torch.device | None = None,
+    reporters: Sequence[Reporter] = (),
+    checkpoint_sink: CheckpointSink | None = None,
+) -> BudgetedRun:
+    """The run's strategy, its engine (the strategy picks the optimizer), and the loop."""
+    context = StrategyContext(plan.cfg, plan.table, placement.rank, placement.world_size)
+    strategy = build_strategy(context)
+    engine = build_engine(plan, placement.world_size, device, strategy.build_optimizer)
+    return BudgetedRun(plan, engine, strategy, reporters, placement, checkpoint_sink)
+
+
+def _add(a: Cost, b: Cost) -> Cost:
+    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in a.keys() | b.keys()}
+
+
+def _sum_over_workers(cost: Cost, placement: Placement) -> Cost:
+    """The data-parallel group's total of a per-worker cost, identical on every worker."""
+    if placement.world_size == 1:
+        return cost
+    import torch.distributed as dist
+
+    kinds = sorted(RST_KINDS)
+    unknown = set(cost) - RST_KINDS
+    if unknown:
+        raise ValueError(f"cost kinds {sorted(unknown)} are not RST kinds {kinds}")
+    totals = torch.tensor([cost.get(k, 0.0) for k in kinds], dtype=torch.float64)
+    dist.all_reduce(totals)
+    return {k: float(v) for k, v in zip(kinds, totals.tolist(), strict=True) if v}
 
 
 def train_eval_sample(data: PreparedData, cfg: RunConfig) -> np.ndarray:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ntng_ray import __version__
 from ntng_ray.config import RunConfig
@@ -58,8 +60,17 @@ def prepare_device(choice: str) -> torch.device:
     return device
 
 
-def build_engine(plan: RunPlan, world_size: int = 1, device: torch.device | None = None) -> Engine:
-    """The model at full depth with its optimizer, wrapped in the configured engine."""
+def build_engine(
+    plan: RunPlan,
+    world_size: int = 1,
+    device: torch.device | None = None,
+    optimizer_for: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+) -> Engine:
+    """The model at full depth with its optimizer, wrapped in the configured engine.
+
+    ``optimizer_for`` builds the optimizer over the model (a strategy's choice); default:
+    the configured one.
+    """
     from ntng_ray.train.engine_factory import build_engine as wrap_in_engine
 
     cfg = plan.cfg
@@ -67,7 +78,9 @@ def build_engine(plan: RunPlan, world_size: int = 1, device: torch.device | None
     ids = TokenIds(pad_id=tok.pad_id, eos_id=tok.eos_id)
     model = build_model(cfg.preset, cfg.vocab_size, ids, cfg.seed)
     device = device or prepare_device(cfg.train.device)
-    return wrap_in_engine(cfg, model, device, world_size)
+    model.to(device)
+    optimizer = optimizer_for(model) if optimizer_for is not None else None
+    return wrap_in_engine(cfg, model, device, world_size, optimizer=optimizer)
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ntng_ray.config import RunConfig as NtngConfig
 from ntng_ray.errors import NtngError
-from ntng_ray.train.loop import BudgetedRun, Placement, Reporter
-from ntng_ray.train.plan import RunPlan, build_engine, plan_run, prepare_device
+from ntng_ray.train.loop import Placement, Reporter, build_run
+from ntng_ray.train.plan import RunPlan, plan_run, prepare_device
 from ntng_ray.train.run import begin_outputs, finish_outputs, rank0_sinks, read_summary, tracked
 
 DRIVER_CPUS = 1.0
@@ -189,14 +189,14 @@ def _train_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.train.threads)
     plan = plan_run(cfg, check_output_dir=False)
     device = ray.train.torch.get_device() if cfg.backend.use_gpu else prepare_device("cpu")
-    engine = build_engine(plan, world_size=placement.world_size, device=device)
-    run = BudgetedRun(plan, engine, placement=placement, checkpoint_sink=_report_checkpoint)
+    run = build_run(plan, placement, device, checkpoint_sink=_report_checkpoint)
+    engine = run.engine
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             run.restore(Path(folder))
     is_rank0 = placement.rank == 0
-    if is_rank0 and run.restored_from_step is not None:
+    if is_rank0:
         _drop_lines_after(plan.output_dir / "metrics.jsonl", run.restored_from_step)
     tracking = (
         tracked(plan, engine, run_id=config["mlflow_run_id"])
@@ -214,13 +214,18 @@ def _sinks(plan: RunPlan, mlflow_run: Any, is_rank0: bool) -> contextlib.Abstrac
     return rank0_sinks(plan, mlflow_run) if is_rank0 else contextlib.nullcontext([])
 
 
-def _drop_lines_after(path: Path, step: int) -> None:
-    """Forget metric lines of steps a restored run redoes, so each step appears once."""
+def _drop_lines_after(path: Path, step: int | None) -> None:
+    """Forget metric lines of steps this attempt redoes (all of them when it starts afresh).
+
+    A worker group that Ray restarts resumes from the last checkpoint, or from the start when
+    it failed before one was committed; either way each step appears once in the file.
+    """
     import json
 
     from ntng_ray.train.outputs import write_text_atomic
 
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    lines = path.read_text().splitlines()
+    kept = [] if step is None else [line for line in lines if json.loads(line)["step"] <= step]
     write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -18,9 +18,9 @@ import torch
 from ntng_ray.config import RunConfig
 from ntng_ray.errors import NtngError
 from ntng_ray.train.engine import Engine
-from ntng_ray.train.loop import BudgetedRun, CheckpointSink, Reporter
+from ntng_ray.train.loop import CheckpointSink, Reporter, build_run
 from ntng_ray.train.outputs import JsonlWriter, write_json_atomic, write_text_atomic
-from ntng_ray.train.plan import RunPlan, build_engine, environment, plan_run
+from ntng_ray.train.plan import RunPlan, environment, plan_run
 
 MODEL_FOLDER = "model"
 CHECKPOINT_FOLDER = "checkpoints"
@@ -52,12 +52,13 @@ def pretrain_in_process(cfg: RunConfig, reporters: Sequence[Reporter] = ()) -> d
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     plan = plan_run(cfg)
-    engine = build_engine(plan)
+    sink = keep_latest_checkpoint(plan.output_dir / CHECKPOINT_FOLDER)
+    run = build_run(plan, checkpoint_sink=sink)
     begin_outputs(plan)
-    with tracked(plan, engine) as mlflow_run, rank0_sinks(plan, mlflow_run) as sinks:
-        sink = keep_latest_checkpoint(plan.output_dir / CHECKPOINT_FOLDER)
-        summary = BudgetedRun(plan, engine, [*sinks, *reporters], checkpoint_sink=sink).run()
-        finish_outputs(plan, engine, summary, mlflow_run)
+    with tracked(plan, run.engine) as mlflow_run, rank0_sinks(plan, mlflow_run) as sinks:
+        run.reporters = [*sinks, *reporters]
+        summary = run.run()
+        finish_outputs(plan, run.engine, summary, mlflow_run)
     return summary
 
 

@@ -1,0 +1,152 @@
+"""The strategy interface: the named points where a training method plugs into the one loop.
+
+The loop calls, for every optimizer step:
+
+1. ``active_layers(progress, step)``: which layers run (None: all); the step is charged at
+   that depth. Called on every worker with the same arguments, so a strategy that derives its
+   answer from (seed, step, progress) agrees across workers without communication.
+2. ``before_step(engine, progress, step)``: change the model or optimizer (e.g. grow layers).
+3. ``select(candidates, engine)`` per microbatch: choose the examples to train on from
+   ``candidates.draw(n)``; returns the chosen ``Examples`` and the extra RST the choice cost.
+4. the engine's forward+backward on the chosen examples, then the optimizer step.
+5. ``after_step(engine, step, candidates)``: work after the update (e.g. a Hessian estimate),
+   returning its extra RST.
+
+Before a step starts, ``max_extra_cost`` bounds what steps 3 and 5 may charge, so a step that
+could pass the budget is not started. Extra costs are summed over data-parallel workers (each
+worker's choices are its own) and charged on every worker, so all clocks stay equal.
+``build_optimizer`` and ``table_optimizer`` say which optimizer runs and how its step is
+charged; ``training_rows`` which rows it may train on. ``metrics`` adds the strategy's own
+figures to the train records and ``summary_fields`` to the summary; ``state_dict`` goes into
+checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ntng_ray.config import RunConfig
+from ntng_ray.rst.table import ReferenceTable
+from ntng_ray.train.engine import Batch, Engine
+from ntng_ray.train.optim import TABLE_OPTIMIZER, build_optimizer
+
+Cost = dict[str, float]
+
+
+class StrategyParams(BaseModel):
+    """A strategy's own parameters (``strategy.<param>=…``); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Examples:
+    """Collated examples with their stable row ids (the packed row index)."""
+
+    ids: np.ndarray
+    batch: Batch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> Examples:
+        """The examples at ``index`` (positions within this set), in that order."""
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return Examples(self.ids[index.numpy()], {k: v[index] for k, v in self.batch.items()})
+
+    @staticmethod
+    def concat(parts: Sequence[Examples]) -> Examples:
+        """One set from several, in order."""
+        ids = np.concatenate([p.ids for p in parts])
+        keys = parts[0].batch.keys()
+        return Examples(ids, {k: torch.cat([p.batch[k] for p in parts]) for k in keys})
+
+
+@dataclass
+class Candidates:
+    """This worker's source of training examples, in the run's shared data order.
+
+    ``draw(n)`` returns the next n examples of this worker's share, collated with the run's
+    masking generator; ``microbatch`` is the number one training microbatch holds.
+    """
+
+    draw: Callable[[int], Examples]
+    microbatch: int
+
+
+@dataclass
+class StrategyContext:
+    """What a strategy may read about its run."""
+
+    cfg: RunConfig
+    table: ReferenceTable
+    rank: int = 0
+    world_size: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    """The baseline behaviour; methods override the hooks they need.
+
+    Subclasses set ``name`` (the value of ``strategy.name``) and ``Params``, and carry a
+    docstring card: what the method does, its paper, its parameters, what it charges to RST.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+
+    def __init__(self, params: StrategyParams, context: StrategyContext) -> None:
+        self.params = params
+        self.context = context
+
+    @classmethod
+    def check_supported(cls, cfg: RunConfig, params: StrategyParams) -> None:
+        """Refuse (NtngError) engine, precision or model combinations the method cannot run."""
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(self.context.cfg.optimizer, model)
+
+    def table_optimizer(self) -> str:
+        """The reference-table optimizer entry this method's optimizer step is charged at."""
+        return TABLE_OPTIMIZER[self.context.cfg.optimizer.name]
+
+    def training_rows(self, train_ids: np.ndarray) -> np.ndarray:
+        """The training rows this method may draw from (RHO-loss holds some out)."""
+        return train_ids
+
+    def active_layers(self, progress: float, step: int) -> int | Sequence[int] | None:
+        return None
+
+    def before_step(self, engine: Engine, progress: float, step: int) -> None:
+        return None
+
+    def max_extra_cost(self, active_layers: int) -> Cost:
+        """An upper bound on the extra RST one step's ``select`` and ``after_step`` charge."""
+        return {}
+
+    def select(self, candidates: Candidates, engine: Engine) -> tuple[Examples, Cost]:
+        return candidates.draw(candidates.microbatch), {}
+
+    def after_step(self, engine: Engine, step: int, candidates: Candidates) -> Cost:
+        return {}
+
+    def metrics(self) -> dict[str, float]:
+        """Figures logged with each train record (e.g. the selection ratio)."""
+        return {}
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Figures for the run's summary (e.g. a separately reported cost)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
