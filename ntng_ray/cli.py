@@ -64,6 +64,27 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_strategies(args: argparse.Namespace) -> int:
+    import inspect
+
+    from ntng_ray.strategies import strategy_class, strategy_names
+
+    if args.name is None:
+        for name in strategy_names():
+            card = inspect.getmodule(strategy_class(name)).__doc__ or ""
+            print(f"{name:<20} {card.strip().splitlines()[0] if card.strip() else ''}")
+        return 0
+    try:
+        cls = strategy_class(args.name)
+    except ValueError as exc:
+        raise NtngError(f"strategy {args.name!r}: {exc}") from None
+    print((inspect.getmodule(cls).__doc__ or "").strip())
+    print("\nparameters (strategy.<name>=value):")
+    for field, info in cls.Params.model_fields.items():
+        print(f"  {field} = {info.default!r}  {info.description or ''}".rstrip())
+    return 0
+
+
 def _cmd_rst_list(args: argparse.Namespace) -> int:
     from ntng_ray.rst.table import list_shipped_tables, validate_table
 
@@ -166,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
         "presets", help="list the model presets", description="List the model presets."
     )
     presets.set_defaults(func=_cmd_presets)
+
+    strategies = sub.add_parser(
+        "strategies",
+        help="list the training strategies, or show one's card and parameters",
+        description="Without a name: one line per strategy. With one: its card and parameters.",
+    )
+    strategies.add_argument("name", nargs="?", help="a strategy name")
+    strategies.set_defaults(func=_cmd_strategies)
 
     rst = sub.add_parser(
         "rst",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -85,3 +87,32 @@ def test_evaluation_is_deterministic_and_uses_all_layers(tmp_path) -> None:
     engine.set_active_layers(1)
     assert mean_token_loss(engine, rows, collator, 16, seed=1) == full
     assert engine.active_layers() == (0,)
+
+
+NO_STACK = """
+import importlib.abc, importlib.util, sys
+BLOCKED = {"ray", "deepspeed", "mlflow"}
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Absent())
+real_find_spec = importlib.util.find_spec
+def find_spec(name, *args):
+    return None if name.split(".")[0] in BLOCKED else real_find_spec(name, *args)
+importlib.util.find_spec = find_spec
+from ntng_ray.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_loop_runs_where_ray_deepspeed_and_mlflow_are_absent(tmp_path) -> None:
+    """The GPU machine has only torch and transformers: the in-process loop must not need more."""
+    out = tmp_path / "bare"
+    args = ["pretrain", "t5-tiny-synthetic", *FAST, "budget.rst_seconds=2",
+            "tracking.enabled=false", f"output_dir={out}"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", NO_STACK, *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] > 0
