@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+from fast import SMALL_DATA
 
 from ntng_ray.cli import main
 from ntng_ray.config import load_config
@@ -16,9 +17,7 @@ from ntng_ray.rst.table import load_table
 from ntng_ray.train.run import pretrain
 
 FAST = [
-    "data.synthetic.num_documents=600",
-    "data.max_validation_sequences=32",
-    "eval.train_eval_sequences=32",
+    *SMALL_DATA,
     "eval.points=[0.5]",
     "train.log_every=5",
 ]

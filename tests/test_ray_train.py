@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from fast import SMALL_DATA
 
 from ntng_ray.config import load_config
 from ntng_ray.errors import NtngError
@@ -21,9 +22,7 @@ from ntng_ray.rst.table import load_table
 from ntng_ray.train.run import pretrain
 
 FAST = [
-    "data.synthetic.num_documents=600",
-    "data.max_validation_sequences=32",
-    "eval.train_eval_sequences=32",
+    *SMALL_DATA,
     "eval.points=[0.5]",
     "train.log_every=5",
     "train.microbatch_size=16",

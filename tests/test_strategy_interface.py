@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fast import SMALL_DATA
 
 from ntng_ray.cli import main
 from ntng_ray.config import load_config
@@ -21,9 +22,7 @@ from ntng_ray.strategies.base import Candidates, Cost, Examples, Strategy, Strat
 from ntng_ray.train.engine import Engine
 
 FAST = [
-    "data.synthetic.num_documents=600",
-    "data.max_validation_sequences=32",
-    "eval.train_eval_sequences=32",
+    *SMALL_DATA,
     "eval.points=[]",
     "train.log_every=2",
     "tracking.enabled=false",
