@@ -98,12 +98,29 @@ class GradientSums:
         return GradientSums(self.params, sums, int(count.item()))
 
 
-def labelled_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Logits of the positions that carry a label, one row each.
+def flat_logits_and_targets(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits as rows [N, V], and for each row whether it is a labelled position.
 
-    BERT's sparse head already returns only those rows ([n, V]); T5 returns [B, T, V].
+    BERT's sparse head returns only the labelled rows ([n, V]); T5 returns [B, T, V] for
+    labels [B, T], where -100 marks padding.
     """
-    return logits if logits.dim() == 2 else logits[labels != IGNORE]
+    if logits.dim() == 2:
+        return logits, torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+    return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1) != IGNORE
+
+
+def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per row drawn from softmax(logits), by inverse CDF: one uniform per row.
+
+    ``torch.multinomial`` draws one exponential per vocabulary entry, single-threaded on CPU,
+    which cost more than the forward pass of a tiny model.
+    """
+    cdf = logits.softmax(-1).cumsum_(-1)
+    uniform = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device)
+    drawn = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)
+    return drawn.squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -116,9 +133,10 @@ def gnb_gradient_sums(
     """Gradients of the Gauss-Newton-Bartlett loss, summed over the labelled positions.
 
     Per labelled position, a label is sampled from the model's own predicted distribution and
-    the cross-entropy against it is summed (Liu et al. 2023, Algorithm 2). Gradients come from
-    ``torch.autograd.grad`` on the bare module, so ``.grad`` and any DDP or DeepSpeed hooks are
-    left untouched: the training step's gradients cannot mix with these.
+    the cross-entropy against it is summed (Liu et al. 2023, Algorithm 2; the official code
+    samples with ``torch.distributions.Categorical``, the same distribution). Gradients come
+    from ``torch.autograd.grad`` on the bare module, so ``.grad`` and any DDP or DeepSpeed hooks
+    are left untouched: the training step's gradients cannot mix with these.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
@@ -129,14 +147,14 @@ def gnb_gradient_sums(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with _autocast(device, precision):
             logits = model(**batch).logits
-        logits = labelled_logits(logits, batch["labels"]).float()
-        sampled = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-        loss = F.cross_entropy(logits, sampled, reduction="sum")
+        rows, labelled = flat_logits_and_targets(logits.float(), batch["labels"])
+        sampled = sample_labels(rows.detach(), generator).masked_fill_(~labelled, IGNORE)
+        loss = F.cross_entropy(rows, sampled, ignore_index=IGNORE, reduction="sum")
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for total, grad in zip(sums, grads, strict=True):
             if grad is not None:
                 total.add_(grad)
-        positions += sampled.numel()
+        positions += int(labelled.sum())
     return GradientSums(params, sums, positions)
 
 
@@ -150,6 +168,8 @@ class SophiaG(torch.optim.Optimizer):
     positions. The official SophiaG keeps the EMA of ``g_hat**2`` and multiplies by the batch's
     token count at each step (``rho * bs * hess``); folding B into the estimate is the paper's
     form, equal to it when the Hessian batch is the training batch and still right when not.
+    The official training script also clips the estimate's gradient at the run's clipping
+    norm; it is not clipped here, as that would bias the estimate whenever it triggered.
     """
 
     def __init__(

@@ -60,7 +60,11 @@ def process_group() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
     if owns_group:
-        dist.destroy_process_group()
+        # DeepSpeed caches groups of its own; destroying only torch's leaves them stale and a
+        # later DeepSpeed engine in this process fails ("Group … is not registered").
+        import deepspeed.comm
+
+        deepspeed.comm.destroy_process_group()
     for name, value in saved_env.items():
         if value is None:
             os.environ.pop(name, None)

@@ -1,7 +1,9 @@
 """Measure this machine: the seconds of each unit of work, written as a reference table.
 
 Timing runs the project's own engine on real collated batches (random tokens through the MLM
-or span-corruption collator), so a calibrated table times the same code the loop runs.
+or span-corruption collator), so a calibrated table times the same code the loop runs: the
+optimizer step of every optimizer a strategy can charge (AdamW, Lion, Sophia-G) and Sophia's
+Hessian estimate (``gnb_gradient_sums`` and the EMA update, as the strategy runs them).
 Each entry is the median of repeated timings after untimed warm-up passes.
 """
 
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from ntng_ray import __version__
 from ntng_ray.config import OptimizerConfig
@@ -22,12 +25,22 @@ from ntng_ray.data.packing import compute_t5_lengths
 from ntng_ray.errors import NtngError
 from ntng_ray.models.builders import TokenIds, build_model
 from ntng_ray.models.presets import PRESETS, Preset
+from ntng_ray.optimizers import build_lion, build_sophia, gnb_gradient_sums
 from ntng_ray.rst.table import ReferenceTable, TableUnit
 from ntng_ray.train.engine import Batch, TorchEngine
 from ntng_ray.train.optim import build_optimizer
 
 NUM_SPECIAL = 5
 NUM_SENTINELS = 100
+# Settings of the timed optimizers: their cost does not depend on them, only decay must be on.
+TIMED_LR, TIMED_WEIGHT_DECAY = 1e-3, 0.01
+TIMED_OPTIMIZERS: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
+    "adamw": lambda model: build_optimizer(
+        OptimizerConfig(name="adamw", weight_decay=TIMED_WEIGHT_DECAY), model
+    ),
+    "lion": lambda model: build_lion(model, TIMED_LR, TIMED_WEIGHT_DECAY),
+    "sophia": lambda model: build_sophia(model, TIMED_LR, TIMED_WEIGHT_DECAY),
+}
 
 
 def _random_batch(
@@ -121,6 +134,31 @@ def _optimizer_seconds(engine: TorchEngine, batch: Batch, repeats: int, warmup: 
     return statistics.median(timings)
 
 
+def _optimizer_step_seconds(
+    engine: TorchEngine, batch: Batch, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds of one step of each optimizer a strategy can charge, on the full model."""
+    seconds = {}
+    for name, build in TIMED_OPTIMIZERS.items():
+        engine.replace_optimizer(build(engine.model))
+        seconds[name] = _optimizer_seconds(engine, batch, repeats, warmup)
+    return seconds
+
+
+def _hessian_seconds(
+    engine: TorchEngine, batch: Batch, precision: str, repeats: int, warmup: int
+) -> float:
+    """Median seconds of one Sophia-G Hessian estimate over ``batch``, EMA update included."""
+    optimizer = build_sophia(engine.model, TIMED_LR, TIMED_WEIGHT_DECAY)
+    generator = torch.Generator(device=engine.device).manual_seed(0)
+
+    def estimate() -> None:
+        optimizer.update_hessian(gnb_gradient_sums(engine.model, [batch], generator, precision))
+
+    timings = [_timed(estimate, engine.device) for _ in range(warmup + repeats)]
+    return statistics.median(timings[warmup:])
+
+
 def calibrate(
     preset_name: str,
     microbatch: int = 32,
@@ -130,7 +168,8 @@ def calibrate(
     precision: str = "fp32",
     name: str | None = None,
 ) -> ReferenceTable:
-    """Time fwd+bwd and forward-only per layer count, and one AdamW step, for ``preset_name``."""
+    """Time fwd+bwd and forward-only per layer count, each optimizer's step, and Sophia's
+    Hessian estimate, for ``preset_name``."""
     if preset_name not in PRESETS:
         raise NtngError(f"--preset {preset_name!r}: unknown; allowed: {', '.join(PRESETS)}")
     for flag, value, low in (
@@ -157,7 +196,8 @@ def calibrate(
     train_seconds, forward_seconds = _layer_timings(
         engine, batch, preset.num_layers, repeats, warmup
     )
-    optimizer_seconds = _optimizer_seconds(engine, batch, repeats, warmup)
+    optimizer_seconds = _optimizer_step_seconds(engine, batch, repeats, warmup)
+    hessian_seconds = _hessian_seconds(engine, batch, precision, repeats, warmup)
     env = environment(torch_device)
     return ReferenceTable(
         name=name or f"calibrated-{preset_name}",
@@ -176,7 +216,8 @@ def calibrate(
         ),
         train_seconds=train_seconds,
         forward_seconds=forward_seconds,
-        optimizer_step_seconds={"adamw": optimizer_seconds},
+        optimizer_step_seconds=optimizer_seconds,
+        hessian_seconds=hessian_seconds,
         machine={
             "hardware": env["hardware"],
             "device": env["device"],

@@ -12,6 +12,7 @@ import pkgutil
 
 from pydantic import ValidationError
 
+from ntng_ray.config import RunConfig
 from ntng_ray.errors import NtngError
 from ntng_ray.strategies.base import Strategy, StrategyContext, StrategyParams
 
@@ -84,16 +85,19 @@ def parse_params(name: str, values: dict) -> StrategyParams:
         raise ValueError("; ".join(problems)) from None
 
 
+def check_strategy_supported(cfg: RunConfig) -> None:
+    """Refuse, before any work, a strategy that cannot run with this engine, precision or model."""
+    try:
+        strategy_class(cfg.strategy.name).check_supported(cfg, cfg.strategy.params())
+    except ValueError as exc:
+        raise NtngError(str(exc)) from None
+
+
 def build_strategy(context: StrategyContext) -> Strategy:
     """The run's strategy, checked against the run's engine, precision and model."""
     cfg = context.cfg
-    cls = strategy_class(cfg.strategy.name)
-    params = cfg.strategy.params()
-    try:
-        cls.check_supported(cfg, params)
-    except ValueError as exc:
-        raise NtngError(str(exc)) from None
-    return cls(params, context)
+    check_strategy_supported(cfg)
+    return strategy_class(cfg.strategy.name)(cfg.strategy.params(), context)
 
 
 __all__ = [
@@ -101,6 +105,7 @@ __all__ = [
     "StrategyContext",
     "StrategyParams",
     "build_strategy",
+    "check_strategy_supported",
     "parse_params",
     "register",
     "strategy_class",

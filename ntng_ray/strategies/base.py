@@ -127,6 +127,11 @@ class Strategy:
     def before_step(self, engine: Engine, progress: float, step: int) -> None:
         return None
 
+    def eval_layers(self) -> int | Sequence[int] | None:
+        """The layers validation and train-eval run: the full model (None) unless the model
+        does not have its full depth yet (layer stacking evaluates the layers it has grown)."""
+        return None
+
     def max_extra_cost(self, active_layers: int) -> Cost:
         """An upper bound on the extra RST one step's ``select`` and ``after_step`` charge."""
         return {}

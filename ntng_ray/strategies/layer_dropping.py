@@ -24,11 +24,11 @@ train record: ``active_layers`` (by the loop) and ``theta``; in the summary: ``g
 
 Engines: the torch engine (one process or DDP) and DeepSpeed (any ZeRO stage and precision).
 Under the torch engine a dropped layer has no gradient and the optimizer leaves it alone that
-step. Under DeepSpeed a dropped layer gets a zero gradient (its flat buffers have no "missing"),
-so AdamW still moves it that step by its momentum and weight decay. This is accepted, not
-refused: the forward pass and the charged RST are the same, and a zero gradient is what any
-optimizer over flat buffers sees; but the two engines' runs differ, so compare methods within
-one engine (it is recorded with every run).
+step. DeepSpeed fills missing gradients with zeros, so there AdamW still moves a dropped layer
+that step by its momentum and weight decay. This is accepted, not refused: the forward pass
+and the charged RST are the same, and a zero gradient is what any optimizer over flat gradient
+buffers sees; but the two engines' runs differ, so compare methods within one engine (the
+engine is recorded with every run).
 """
 
 from __future__ import annotations

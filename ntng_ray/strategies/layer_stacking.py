@@ -20,6 +20,7 @@ Parameters (``strategy.<param>=…``):
 
 RST: each optimizer step is charged the reference table's cost at the active depth (the
 table's optimizer-step entry, if any, as for the baseline); growing copies tensors and is free.
+Validation and train-eval run the grown layers: blocks not yet grown into are untrained.
 
 Engines: the torch engine (one process or DDP), and DeepSpeed with ZeRO 1 or 2 in any precision
 or ZeRO 0 in fp32. DeepSpeed ZeRO 0 with bf16/fp16 is refused: its optimizer wrapper keeps
@@ -82,8 +83,9 @@ def check_growth_plan(params: LayerStackingParams, cfg: RunConfig) -> None:
     """Refuse a start depth and growth points that do not end at the model's depth."""
     total, start = cfg.preset.num_layers, initial_depth(params, cfg.preset.num_layers)
     model = f"model.preset = {cfg.model.preset!r} has {total} layers"
+    given = f"strategy.initial_layers = {start}" + ("" if params.initial_layers else " (default)")
     if start > total:
-        raise NtngError(f"strategy.initial_layers = {start}: more than the model's depth ({model})")
+        raise NtngError(f"{given}: more than the model's depth ({model})")
     growths = len(params.grow_at)
     final = start * 2**growths
     if final != total:
@@ -92,7 +94,7 @@ def check_growth_plan(params: LayerStackingParams, cfg: RunConfig) -> None:
             f" (e.g. strategy.initial_layers = {example})" if example * 2**growths == total else ""
         )
         raise NtngError(
-            f"strategy.initial_layers = {start} doubled at the {growths} points of "
+            f"{given} doubled at the {growths} points of "
             f"strategy.grow_at = {list(params.grow_at)} ends at {final} layers, but {model}; "
             f"choose them so that initial_layers * 2**len(grow_at) = {total}{hint}"
         )
@@ -143,6 +145,10 @@ class LayerStacking(Strategy):
         check_state_reachable(cfg)
 
     def active_layers(self, progress: float, step: int) -> int:
+        return self.depth
+
+    def eval_layers(self) -> int:
+        """Evaluate the grown model: blocks not yet grown into have never been trained."""
         return self.depth
 
     def before_step(self, engine: Engine, progress: float, step: int) -> None:

@@ -7,7 +7,7 @@ strategies and seeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,13 +18,18 @@ Collator = Callable[[torch.Tensor, torch.Generator], Batch]
 
 
 def mean_token_loss(
-    engine: Engine, rows: np.ndarray, collator: Collator, microbatch: int, seed: int
+    engine: Engine,
+    rows: np.ndarray,
+    collator: Collator,
+    microbatch: int,
+    seed: int,
+    layers: int | Sequence[int] | None = None,
 ) -> float:
-    """Token-weighted mean loss of the model (all layers active) over ``rows``."""
+    """Token-weighted mean loss over ``rows`` of the model at ``layers`` (None: all layers)."""
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     active = engine.active_layers()
-    engine.set_active_layers(None)
+    engine.set_active_layers(layers)
     try:
         for start in range(0, len(rows), microbatch):
             batch = collator(torch.from_numpy(rows[start : start + microbatch]).long(), generator)

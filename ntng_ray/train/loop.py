@@ -162,10 +162,11 @@ class BudgetedRun:
     def _evaluate(self, point: float) -> None:
         started = time.perf_counter()
         seed = self.cfg.data.split_seed
-        rows, collator, microbatch = self.val_rows, self.collator, self.eval_microbatch
-        loss = mean_token_loss(self.engine, rows, collator, microbatch, seed)
+        collator, microbatch = self.collator, self.eval_microbatch
+        layers = self.strategy.eval_layers()
+        loss = mean_token_loss(self.engine, self.val_rows, collator, microbatch, seed, layers)
         train_eval = mean_token_loss(
-            self.engine, self.train_eval_rows, collator, microbatch, seed + 1
+            self.engine, self.train_eval_rows, collator, microbatch, seed + 1, layers
         )
         self.eval_wall += time.perf_counter() - started
         record = {"progress": point, "loss": loss, "train_eval_loss": train_eval}

@@ -17,6 +17,7 @@ from ntng_ray.data.prepare import PreparedData, prepare_data
 from ntng_ray.errors import NtngError
 from ntng_ray.models.builders import TokenIds, build_model
 from ntng_ray.rst.table import ReferenceTable, TableReport, resolve_table
+from ntng_ray.strategies import check_strategy_supported
 from ntng_ray.train.engine import Engine
 from ntng_ray.train.outputs import resolve_output_dir
 
@@ -37,6 +38,7 @@ def plan_run(cfg: RunConfig, check_output_dir: bool = True) -> RunPlan:
 
     Workers of a launched run skip the output-folder check: their driver made the folder.
     """
+    check_strategy_supported(cfg)
     table, report = resolve_table(cfg.rst.table, cfg.model.preset, cfg.rst.allow_invalid_table)
     output_dir = resolve_output_dir(cfg) if check_output_dir else Path(cfg.output_dir or ".")
     data = prepare_data(cfg)
