@@ -71,6 +71,8 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
 
     if args.name is None:
         for name in strategy_names():
+            if not strategy_class(name).listed:
+                continue
             card = inspect.getmodule(strategy_class(name)).__doc__ or ""
             print(f"{name:<20} {card.strip().splitlines()[0] if card.strip() else ''}")
         return 0
@@ -139,6 +141,12 @@ def _cmd_prebuild_ops(args: argparse.Namespace) -> int:
     names = ", ".join(built) or "none needed"
     print(f"DeepSpeed ops ready ({names}) in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _cmd_rho_prepare(args: argparse.Namespace) -> int:
+    from ntng_ray.strategies.rho_loss import run_rho_prepare
+
+    return run_rho_prepare(args.config, args.overrides)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
@@ -235,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     calibrate.add_argument("--name", help="table name (default: calibrated-<preset>)")
     calibrate.set_defaults(func=_cmd_calibrate)
+
+    rho = sub.add_parser(
+        "rho-prepare",
+        help="train RHO-loss's irreducible-loss model and store its per-example losses",
+        description=(
+            "Train an irreducible-loss model of the config's preset on a held-out "
+            "strategy.il_fraction of the training rows (drawn by data.split_seed, disjoint from "
+            "validation) under strategy.il_budget_rst_seconds (default: the run's budget), then "
+            "store its loss on every other training row in output_dir, for "
+            "strategy.name=rho_loss strategy.il_dir=DIR."
+        ),
+        epilog="Example: ntng rho-prepare bert-tiny-synthetic output_dir=il/bert",
+    )
+    rho.add_argument("config", help="path to a run config YAML, or a shipped config name")
+    rho.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    rho.set_defaults(func=_cmd_rho_prepare)
 
     prebuild = sub.add_parser(
         "prebuild-ops",

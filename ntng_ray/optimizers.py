@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from lion_pytorch import Lion
 from pydantic import AfterValidator
 from torch import nn
 
@@ -31,6 +30,9 @@ from ntng_ray.rst.table import ReferenceTable
 from ntng_ray.strategies.base import Strategy, StrategyContext, StrategyParams
 from ntng_ray.train.engine import Batch
 from ntng_ray.train.optim import parameter_groups
+
+if TYPE_CHECKING:
+    from lion_pytorch import Lion
 
 LION_BETAS = (0.9, 0.99)
 SOPHIA_BETAS = (0.965, 0.99)
@@ -59,7 +61,16 @@ Betas = Annotated[tuple[float, float], AfterValidator(_check_betas)]
 def build_lion(
     model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = LION_BETAS
 ) -> Lion:
-    """Lion over ``model``, decaying weight matrices only (as the baselines do)."""
+    """Lion over ``model``, decaying weight matrices only (as the baselines do).
+
+    Imported here, so a machine without ``lion-pytorch`` still runs every other strategy.
+    """
+    try:
+        from lion_pytorch import Lion
+    except ImportError:
+        raise NtngError(
+            "strategy lion needs the lion-pytorch package: pip install lion-pytorch"
+        ) from None
     return Lion(parameter_groups(model, weight_decay), lr=lr, betas=betas)
 
 

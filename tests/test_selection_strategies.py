@@ -381,7 +381,7 @@ def test_rho_loss_without_il_dir_is_refused_naming_the_field(tmp_path) -> None:
         ("bert-tiny-synthetic", ["data.split_seed=99"], r"data\.split_seed is 1234 there, 99"),
         ("bert-tiny-synthetic", ["strategy.il_fraction=0.3"], r"strategy\.il_fraction is 0\.2"),
         ("bert-tiny-synthetic", ["data.synthetic.seed=5"], r"the corpus \(data\.source"),
-        ("bert-tiny-synthetic", ["data.max_validation_sequences=40"], "IL split"),
+        ("bert-tiny-synthetic", ["data.max_validation_sequences=20"], "IL split"),
     ],
 )
 def test_mismatched_il_dir_is_refused_naming_what_differs(

@@ -101,6 +101,8 @@ class Strategy:
 
     name: ClassVar[str]
     Params: ClassVar[type[StrategyParams]] = StrategyParams
+    # False for helpers that other commands run (rho-prepare's IL model), not for comparison.
+    listed: ClassVar[bool] = True
 
     def __init__(self, params: StrategyParams, context: StrategyContext) -> None:
         self.params = params

@@ -22,7 +22,7 @@ prices other optimizers' steps but not Lion's is refused.
 
 from __future__ import annotations
 
-from lion_pytorch import Lion
+import torch
 from torch import nn
 
 from ntng_ray.optimizers import LION_BETAS, Betas, OptimizerMethod, build_lion
@@ -38,5 +38,7 @@ class LionStrategy(OptimizerMethod):
     optimizer_label = "Lion"
     Params = LionParams
 
-    def make_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> Lion:
+    def make_optimizer(
+        self, model: nn.Module, lr: float, weight_decay: float
+    ) -> torch.optim.Optimizer:
         return build_lion(model, lr, weight_decay, self.params.betas)

@@ -44,18 +44,15 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from pydantic import Field, field_validator
 from torch import nn
-from transformers import T5ForConditionalGeneration
 
 from ntng_ray.config import RunConfig, load_config, validate_mapping
-from ntng_ray.data.prepare import PreparedData, prepare_data
 from ntng_ray.errors import NtngError
-from ntng_ray.models.builders import SparseBertForMaskedLM
 from ntng_ray.rst.clock import forward_cost
 from ntng_ray.strategies.base import (
     Candidates,
@@ -74,6 +71,9 @@ from ntng_ray.strategies.scoring import (
     scoring_note,
 )
 from ntng_ray.train.engine import Engine
+
+if TYPE_CHECKING:
+    from ntng_ray.data.prepare import PreparedData
 
 METADATA_FILE = "metadata.json"
 VALUES_FILE = "irreducible_losses.npz"
@@ -137,6 +137,15 @@ def il_identity(cfg: RunConfig, data: PreparedData, fraction: float) -> dict[str
     }
 
 
+def run_data(context: StrategyContext) -> PreparedData:
+    """The run's prepared data: the loop's (``extras["data"]``), else loaded from the cache."""
+    if "data" in context.extras:
+        return context.extras["data"]
+    from ntng_ray.data.prepare import prepare_data
+
+    return prepare_data(context.cfg)
+
+
 @dataclass
 class ILStore:
     """An IL folder's values (sorted by example id), its IL split and its metadata."""
@@ -184,6 +193,8 @@ class ILStore:
 
     def has(self, ids: np.ndarray) -> np.ndarray:
         """Which of ``ids`` have a stored IL value."""
+        if len(self.ids) == 0:
+            return np.zeros(len(ids), dtype=bool)
         positions = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
         return self.ids[positions] == ids
 
@@ -220,6 +231,7 @@ class RhoILModel(Strategy):
     """Internal to rho-prepare: the baseline recipe, trained on the IL split only."""
 
     name = "rho_il_model"
+    listed = False
 
     class Params(StrategyParams):
         il_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -241,8 +253,7 @@ class RhoLoss(Strategy):
         super().__init__(params, context)
         assert params.il_dir is not None
         self.store = ILStore.load(Path(params.il_dir))
-        data = context.extras.get("data") or prepare_data(context.cfg)
-        self.store.check_identity(il_identity(context.cfg, data, params.il_fraction))
+        self.store.check_identity(il_identity(context.cfg, run_data(context), params.il_fraction))
         self.scored = 0
         self.last_selected_reducible_loss = float("nan")
 
@@ -347,6 +358,10 @@ def il_model_config(cfg: RunConfig, folder: Path, budget: float | None) -> RunCo
 
 def load_trained_model(folder: Path, family: str) -> nn.Module:
     """A model a run exported (``model/``), in eval mode."""
+    from transformers import T5ForConditionalGeneration
+
+    from ntng_ray.models.builders import SparseBertForMaskedLM
+
     cls = SparseBertForMaskedLM if family == "bert" else T5ForConditionalGeneration
     return cls.from_pretrained(folder).eval()
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from ntng_ray.errors import NtngError
 from ntng_ray.strategies.base import Candidates, Cost, Examples, Strategy, StrategyContext
 from ntng_ray.strategies.scoring import (
     ScoringParams,
@@ -57,9 +58,11 @@ class LossHistory:
         self.count = 0
 
     def add(self, losses: torch.Tensor) -> None:
-        for loss in losses.double().tolist():
-            self.values[self.count % len(self.values)] = loss
-            self.count += 1
+        size = len(self.values)
+        recent = losses.double().flatten()[-size:]
+        start = self.count + len(losses) - len(recent)
+        self.values[(start + torch.arange(len(recent))) % size] = recent
+        self.count += len(losses)
 
     def percentiles(self, losses: torch.Tensor) -> torch.Tensor:
         """scipy's "rank" percentile of each loss among the history, in [0, 1]."""
@@ -76,7 +79,7 @@ class LossHistory:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["values"]) != len(self.values):
-            raise ValueError(
+            raise NtngError(
                 f"strategy.history_size = {len(self.values)} but the checkpoint's history holds "
                 f"{len(state['values'])}; resume with the same history_size"
             )

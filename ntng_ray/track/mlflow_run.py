@@ -230,6 +230,10 @@ def run_tags(
 # --- the run ---------------------------------------------------------------------------------
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -293,7 +297,11 @@ class MlflowRun:
 
     def __call__(self, record: Mapping[str, Any]) -> None:
         """Take one loop record; metrics use the optimizer step, so RST can be plotted beside it."""
-        names = {**EVENT_METRICS.get(record.get("event", ""), {}), **{k: k for k in CLOCK_METRICS}}
+        event = record.get("event", "")
+        names = {**EVENT_METRICS.get(event, {}), **{k: k for k in CLOCK_METRICS}}
+        if event == "train":
+            # A strategy's own figures (active layers, selection ratio, ...) under their names.
+            names |= {k: k for k, v in record.items() if k not in names and _is_number(v)}
         step, stamp = int(record["step"]), _now_ms()
         for key, name in names.items():
             if record.get(key) is not None:
@@ -309,10 +317,13 @@ class MlflowRun:
     def finish(self, summary: Mapping[str, Any], output_dir: Path) -> None:
         """Log the final figures and the run's files, then mark the run FINISHED."""
         step, stamp = int(summary.get("steps", 0)), _now_ms()
+        finals = {name: summary.get(name) for name in FINAL_METRICS}
+        finals |= {f"rst_{k}_seconds": v for k, v in summary.get("rst_breakdown", {}).items()}
+        finals |= {f"strategy.{k}": v for k, v in summary.get("strategy_summary", {}).items()}
         self._pending += [
-            Metric(name, float(summary[name]), stamp, step)
-            for name in FINAL_METRICS
-            if summary.get(name) is not None
+            Metric(name, float(value), stamp, step)
+            for name, value in finals.items()
+            if _is_number(value)
         ]
         self.flush()
         for name in RUN_FILES:

@@ -28,7 +28,9 @@ from ntng_ray.train.engine import Engine, TorchEngine
 from ntng_ray.train.optim import build_optimizer
 
 # Strategies that always train every layer; any other may leave layers without gradients.
-FULL_DEPTH_STRATEGIES = frozenset({"baseline"})
+FULL_DEPTH_STRATEGIES = frozenset(
+    {"baseline", "selective_backprop", "rho_loss", "rho_il_model", "lion", "sophia"}
+)
 
 
 def engine_kind(cfg: RunConfig, device: torch.device) -> str:

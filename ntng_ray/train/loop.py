@@ -297,7 +297,9 @@ def build_run(
     checkpoint_sink: CheckpointSink | None = None,
 ) -> BudgetedRun:
     """The run's strategy, its engine (the strategy picks the optimizer), and the loop."""
-    context = StrategyContext(plan.cfg, plan.table, placement.rank, placement.world_size)
+    context = StrategyContext(
+        plan.cfg, plan.table, placement.rank, placement.world_size, extras={"data": plan.data}
+    )
     strategy = build_strategy(context)
     engine = build_engine(plan, placement.world_size, device, strategy.build_optimizer)
     return BudgetedRun(plan, engine, strategy, reporters, placement, checkpoint_sink)

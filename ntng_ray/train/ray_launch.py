@@ -23,6 +23,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ntng_ray.config import RunConfig as NtngConfig
+from ntng_ray.config import StrategyConfig
 from ntng_ray.errors import NtngError
 from ntng_ray.train.loop import Placement, Reporter, build_run
 from ntng_ray.train.plan import RunPlan, plan_run, prepare_device
@@ -87,6 +88,9 @@ def _pinned_for_workers(cfg: NtngConfig) -> NtngConfig:
             }
         ),
     }
+    # Strategy parameters come back from validation resolved (e.g. RHO-loss's il_dir absolute).
+    params = cfg.strategy.params().model_dump(mode="json")
+    updates["strategy"] = StrategyConfig.model_validate({"name": cfg.strategy.name, **params})
     if cfg.tracking.enabled:
         from ntng_ray.track.mlflow_run import resolve_tracking_uri
 
