@@ -228,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure this machine and write a reference table",
         description=(
             "Time forward+backward and forward-only passes of one microbatch at every active-layer "
-            "count, and one AdamW step of the full model (warm-up, repeated timing, median), and "
-            "write them as a reference table bound to the preset."
+            "count, one optimizer step of the full model for each of AdamW, Lion and Sophia-G, and "
+            "one Sophia-G Hessian estimate (warm-up, repeated timing, median), and write them as "
+            "a reference table bound to the preset."
         ),
     )
     calibrate.add_argument("--preset", required=True, help="model preset (see `ntng presets`)")

@@ -251,11 +251,15 @@ class OptimizerMethod(Strategy):
     @classmethod
     def check_supported(cls, cfg: RunConfig, params: StrategyParams) -> None:
         if cfg.optimizer.name != "adamw":
+            family = cfg.preset.family
+            study = " ".join(
+                f"optimizer.{k}={v:g}" for k, v in STUDY_SETTINGS[cls.name][family].items()
+            )
             raise NtngError(
                 f"optimizer.name = {cfg.optimizer.name!r}: strategy {cls.name} brings its own "
                 f"optimizer ({cls.optimizer_label}) and uses only optimizer.lr, "
                 "optimizer.weight_decay and optimizer.grad_clip; set optimizer.name=adamw and an "
-                f"lr suited to {cls.optimizer_label} (the study's: {STUDY_SETTINGS[cls.name]})"
+                f"lr suited to {cls.optimizer_label} (the study's for {family}: {study})"
             )
 
     def make_optimizer(
