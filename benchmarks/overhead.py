@@ -2,11 +2,12 @@
 
 (a) a bare torch loop: the same model, pre-collated batches, AdamW, nothing else;
 (b) the project's loop in one process (torch engine), MLflow on;
-(c) the same under Ray Train with one worker, DeepSpeed engine and torch engine, MLflow on.
+(c) the same under Ray Train with one worker holding both cores, DeepSpeed and torch engines,
+    MLflow on.
 
-Steady-state step time is measured over the second half of each run's training steps (from the
-loop's own train-wall accounting, which excludes evaluation); start-up (process, Ray, worker
-group, DeepSpeed init) is reported separately as wall time to the first step. Run by hand:
+Steady-state step time is the wall time per step over the second half of each run's training
+steps, logging and MLflow included (the runs evaluate only at start and end); start-up
+(process, Ray, worker group, DeepSpeed init) is reported separately. Run by hand:
 
     python -m benchmarks.overhead [--budget 40] [--out overhead.json]
 """
@@ -29,6 +30,8 @@ from ntng_ray.train.plan import plan_run, prepare_device
 from ntng_ray.train.run import pretrain
 
 COMMON = ["tracking.enabled=true", "eval.points=[]", "train.log_every=5"]
+# The worker holds both cores, so it runs as many torch threads as (a) and (b) do.
+ONE_RAY_WORKER = ["backend.launcher=ray", "backend.cpus_per_worker=2"]
 
 
 def bare_torch_step_seconds(steps: int) -> float:
@@ -106,12 +109,12 @@ def main() -> None:
         (
             "c-ds",
             "(c) Ray Train 1 worker, deepspeed",
-            ["backend.launcher=ray", "backend.engine=deepspeed"],
+            [*ONE_RAY_WORKER, "backend.engine=deepspeed"],
         ),
         (
             "c-torch",
             "(c) Ray Train 1 worker, torch",
-            ["backend.launcher=ray", "backend.engine=torch"],
+            [*ONE_RAY_WORKER, "backend.engine=torch"],
         ),
     ]:
         rows.append(project_run(slug, label, overrides, args.budget, root))

@@ -189,8 +189,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     placement = Placement(context.get_world_rank(), context.get_world_size())
     cfg = NtngConfig.model_validate(config["config"])
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    # As many torch threads as CPUs the worker holds, unless the run says otherwise.
+    torch.set_num_threads(cfg.train.threads or max(1, int(cfg.backend.cpus_per_worker)))
     plan = plan_run(cfg, check_output_dir=False)
     device = ray.train.torch.get_device() if cfg.backend.use_gpu else prepare_device("cpu")
     run = build_run(plan, placement, device, checkpoint_sink=_report_checkpoint)
