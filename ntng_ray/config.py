@@ -80,7 +80,7 @@ class TokenizerConfig(Section):
         None, ge=512, le=1_000_000, description="Default: the preset's; at least 512."
     )
     lowercase: bool = Field(
-        True, description="Lower-case text (BERT's WordPiece, as in the study)."
+        True, description="Lower-case text (BERT's WordPiece, as in the study); T5 is cased."
     )
 
 
