@@ -16,7 +16,8 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 
-from ntng_ray.data.tokenizer import NUM_SENTINELS, TokenizerInfo, write_atomic
+from ntng_ray.atomic import write_atomic
+from ntng_ray.data.tokenizer import NUM_SENTINELS, TokenizerInfo
 from ntng_ray.errors import NtngError
 
 MIN_ROWS = 2

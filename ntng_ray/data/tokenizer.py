@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -30,6 +28,7 @@ from tokenizers import (
     trainers,
 )
 
+from ntng_ray.atomic import write_atomic
 from ntng_ray.errors import NtngError
 from ntng_ray.models.presets import Family
 
@@ -73,22 +72,6 @@ class TokenizerInfo:
     def trained_size(self) -> int:
         """Ids the tokenizer can emit (at most ``vocab_size``)."""
         return self.tokenizer.get_vocab_size()
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temporary file and ``os.replace``, so readers never see a partial file.
-
-    Concurrent workers building the same cache entry each write whole files; the last wins.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temp))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def tokenizer_path(

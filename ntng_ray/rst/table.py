@@ -12,13 +12,13 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from ntng_ray.atomic import write_text_atomic
 from ntng_ray.errors import NtngError
 from ntng_ray.models.presets import PRESETS
 
@@ -333,15 +333,7 @@ def write_table(table: ReferenceTable, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({**table.to_dict(), "sha256": table.content_hash}, indent=2) + "\n"
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide the table from other cluster users
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, text)
     return target
 
 

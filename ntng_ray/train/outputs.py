@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ntng_ray.atomic import write_text_atomic
 from ntng_ray.config import RunConfig
 from ntng_ray.errors import NtngError
 
@@ -27,19 +26,6 @@ def resolve_output_dir(cfg: RunConfig) -> Path:
             f"output_dir = {str(path)!r} is not empty; choose a new folder or set overwrite=true"
         )
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

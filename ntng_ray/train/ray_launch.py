@@ -226,7 +226,7 @@ def _drop_lines_after(path: Path, step: int | None) -> None:
     """
     import json
 
-    from ntng_ray.train.outputs import write_text_atomic
+    from ntng_ray.atomic import write_text_atomic
 
     if not path.is_file():
         return

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
+from ntng_ray.atomic import write_text_atomic
 from ntng_ray.config import RunConfig
 from ntng_ray.errors import NtngError
 from ntng_ray.train.engine import Engine
 from ntng_ray.train.loop import CheckpointSink, Reporter, build_run
-from ntng_ray.train.outputs import JsonlWriter, write_json_atomic, write_text_atomic
+from ntng_ray.train.outputs import JsonlWriter, write_json_atomic
 from ntng_ray.train.plan import RunPlan, environment, plan_run
 
 MODEL_FOLDER = "model"
