@@ -7,8 +7,9 @@ follows the official implementation's update, and ``gnb_gradient_sums`` computes
 gradients so the loop, the strategy and ``ntng calibrate`` all run (and time) the same code.
 
 Both strategies take the peak learning rate, weight decay and gradient clipping from the run's
-``optimizer`` section (the schedule multiplies ``optimizer.lr``, so a sweep tunes the same knob
-for every strategy); the optimizer's own hyper-parameters (betas, Sophia's rho) are strategy
+``optimizer`` section when it is set up for AdamW (so a sweep tunes the same knob for every
+strategy), and the study's settings for the model family when it is tuned for another optimizer
+(T5's RMS-scaled AdamW); the optimizer's own hyper-parameters (betas, Sophia's rho) are strategy
 parameters. ``OptimizerMethod`` holds what the two share: the optimizer section check, the
 reference-table entry check, and the resolved settings in the run's summary.
 """
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from pydantic import AfterValidator
 from torch import nn
 
-from ntng_ray.config import RunConfig
 from ntng_ray.errors import NtngError
 from ntng_ray.rst.table import ReferenceTable
 from ntng_ray.strategies.base import Strategy, StrategyContext, StrategyParams
@@ -248,19 +248,24 @@ class OptimizerMethod(Strategy):
         super().__init__(params, context)
         check_table_entry(context.table, self.name)
 
-    @classmethod
-    def check_supported(cls, cfg: RunConfig, params: StrategyParams) -> None:
-        if cfg.optimizer.name != "adamw":
-            family = cfg.preset.family
-            study = " ".join(
-                f"optimizer.{k}={v:g}" for k, v in STUDY_SETTINGS[cls.name][family].items()
-            )
-            raise NtngError(
-                f"optimizer.name = {cfg.optimizer.name!r}: strategy {cls.name} brings its own "
-                f"optimizer ({cls.optimizer_label}) and uses only optimizer.lr, "
-                "optimizer.weight_decay and optimizer.grad_clip; set optimizer.name=adamw and an "
-                f"lr suited to {cls.optimizer_label} (the study's for {family}: {study})"
-            )
+    def settings(self) -> tuple[float, float, str]:
+        """(peak lr, weight decay, where they came from).
+
+        The optimizer section's when it is set up for AdamW (``optimizer.name=adamw``), so a
+        sweep tunes the same knob for every strategy; when it is tuned for another optimizer
+        (T5's RMS-scaled AdamW at 2e-2 would be far too large for these methods), the study's
+        settings for this method and model family.
+        """
+        section = self.context.cfg.optimizer
+        if section.name == "adamw":
+            return section.lr, section.weight_decay, "optimizer section"
+        family = self.context.cfg.preset.family
+        study = STUDY_SETTINGS[self.name][family]
+        source = f"the study's {family} settings (optimizer.name = {section.name!r})"
+        return study["lr"], study.get("weight_decay", 0.0), source
+
+    def peak_lr(self) -> float:
+        return self.settings()[0]
 
     def make_optimizer(
         self, model: nn.Module, lr: float, weight_decay: float
@@ -268,20 +273,21 @@ class OptimizerMethod(Strategy):
         raise NotImplementedError
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        section = self.context.cfg.optimizer
-        return self.make_optimizer(model, section.lr, section.weight_decay)
+        lr, weight_decay, _ = self.settings()
+        return self.make_optimizer(model, lr, weight_decay)
 
     def table_optimizer(self) -> str:
         return self.name
 
     def summary_fields(self) -> dict[str, Any]:
         """The settings the optimizer really ran with, wherever each came from."""
-        section = self.context.cfg.optimizer
+        lr, weight_decay, source = self.settings()
         return {
             "optimizer": self.optimizer_label,
-            "peak_lr": section.lr,
-            "weight_decay": section.weight_decay,
-            "grad_clip": section.grad_clip,
+            "peak_lr": lr,
+            "weight_decay": weight_decay,
+            "settings_from": source,
+            "grad_clip": self.context.cfg.optimizer.grad_clip,
             **self.params.model_dump(mode="json"),
         }
 

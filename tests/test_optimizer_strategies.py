@@ -17,6 +17,7 @@ import ntng_ray.strategies.sophia as sophia_module
 from ntng_ray.config import load_config
 from ntng_ray.errors import NtngError
 from ntng_ray.optimizers import (
+    STUDY_SETTINGS,
     GradientSums,
     SophiaG,
     build_lion,
@@ -245,13 +246,25 @@ def _build(config: str, *overrides: str):
          "backend.zero_stage = 2"),
         (["strategy.name=sophia", "backend.engine=deepspeed", "train.precision=bf16"],
          "zero_stage=0 and fp32"),
-        (["strategy.name=lion", "optimizer.name=adamw_scale"], "optimizer.name = 'adamw_scale'"),
-        (["strategy.name=sophia", "optimizer.name=adamw_scale"], "optimizer.name = 'adamw_scale'"),
     ],
 )  # fmt: skip
 def test_refused_combinations(overrides: list[str], message: str) -> None:
     with pytest.raises(NtngError, match=message):
         _build("bert-tiny-synthetic", *overrides)
+
+
+@pytest.mark.parametrize("name", ["lion", "sophia"])
+def test_an_optimizer_section_tuned_for_another_optimizer_gives_the_study_settings(
+    name: str,
+) -> None:
+    """t5-tiny-synthetic's section is RMS-scaled AdamW at 2e-2: the method takes the study's."""
+    strategy = _build("t5-tiny-synthetic", f"strategy.name={name}")
+    study = STUDY_SETTINGS[name]["t5"]
+    assert strategy.peak_lr() == study["lr"]
+    assert strategy.summary_fields()["weight_decay"] == study.get("weight_decay", 0.0)
+    assert "optimizer.name = 'adamw_scale'" in strategy.summary_fields()["settings_from"]
+    tuned = _build("t5-tiny-synthetic", f"strategy.name={name}", "optimizer.name=adamw")
+    assert tuned.peak_lr() == 2e-2
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,10 @@ class Strategy:
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(self.context.cfg.optimizer, model)
 
+    def peak_lr(self) -> float:
+        """The learning rate the schedule multiplies (the optimizer section's, by default)."""
+        return self.context.cfg.optimizer.lr
+
     def table_optimizer(self) -> str:
         """The reference-table optimizer entry this method's optimizer step is charged at."""
         return TABLE_OPTIMIZER[self.context.cfg.optimizer.name]

@@ -9,10 +9,11 @@ Kaddour et al., "No Train No Gain" (NeurIPS 2023).
 
 Parameters: ``betas`` (default (0.9, 0.99), the paper's and the study's), each in [0, 1).
 Peak learning rate, weight decay and gradient clipping come from the run's ``optimizer``
-section (its ``name`` must be ``adamw``; its betas and eps are not used), so the schedule and a
-sweep's LR search work as for the baseline. The study's settings: BERT ``optimizer.lr=7e-4``,
-``optimizer.weight_decay=0.1``; T5 ``optimizer.lr=7.5e-4``, ``optimizer.weight_decay=0``.
-The summary's ``strategy_summary`` records the values the run used.
+section when its ``name`` is ``adamw`` (its betas and eps are not used), so the schedule and a
+sweep's LR search work as for the baseline; when the section is tuned for another optimizer
+(t5-tiny-synthetic's RMS-scaled AdamW at 2e-2), the study's settings are used: BERT lr 7e-4,
+weight decay 0.1; T5 lr 7.5e-4, weight decay 0. ``strategy_summary`` records the values the run
+used and where they came from (``settings_from``).
 
 RST: each step at full depth, plus the table's ``lion`` optimizer-step entry
 (``optimizer_step_seconds.lion`` for calibrated tables; for a table whose unit includes the

@@ -17,9 +17,9 @@ Parameters:
 - ``hessian_microbatches`` (null: ``train.grad_accum``, a step's share, as the official code):
   microbatches of ``train.microbatch_size`` per worker in each estimate.
 - ``free_hessian`` (false): the ablation that charges the Hessian passes nothing.
-Peak learning rate, weight decay and clipping come from the run's ``optimizer`` section (its
-``name`` must be ``adamw``); the study's: BERT ``optimizer.lr=4e-4``,
-``optimizer.weight_decay=0.015``; T5 ``optimizer.lr=1e-3``. ``strategy_summary`` records them.
+Peak learning rate, weight decay and clipping come from the run's ``optimizer`` section when
+its ``name`` is ``adamw``; when it is tuned for another optimizer, the study's settings: BERT lr
+4e-4, weight decay 0.015; T5 lr 1e-3. ``strategy_summary`` records them and their source.
 
 Refused: fp16 (it diverged in the study); DeepSpeed with ZeRO > 0 or bf16, whose optimizer
 wrappers keep flat copies of the parameters, so a per-parameter Hessian cannot be applied

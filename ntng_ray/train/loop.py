@@ -126,7 +126,7 @@ class BudgetedRun:
         return Examples(mine, self.collator(rows, self.mask_generator))
 
     def _train_step(self, cost: Cost, started: float) -> None:
-        lr = self.cfg.optimizer.lr * self.schedule(self.clock.progress)
+        lr = self.strategy.peak_lr() * self.schedule(self.clock.progress)
         accum = self.cfg.train.grad_accum
         losses, extra = [], {}
         for _ in range(accum):
