@@ -155,6 +155,12 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return run_ui(args.host, args.port, args.tracking_uri)
 
 
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The run config and its overrides, as every command that runs a config takes them."""
+    parser.add_argument("config", help="path to a run config YAML, or a shipped config name")
+    parser.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ntng",
@@ -176,8 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Example: ntng pretrain bert-tiny-synthetic budget.rst_seconds=30 output_dir=runs/a",
     )
-    pretrain.add_argument("config", help="path to a run config YAML, or a shipped config name")
-    pretrain.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    _add_config_arguments(pretrain)
     pretrain.set_defaults(func=_cmd_pretrain)
 
     config = sub.add_parser(
@@ -257,8 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Example: ntng rho-prepare bert-tiny-synthetic output_dir=il/bert",
     )
-    rho.add_argument("config", help="path to a run config YAML, or a shipped config name")
-    rho.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    _add_config_arguments(rho)
     rho.set_defaults(func=_cmd_rho_prepare)
 
     prebuild = sub.add_parser(

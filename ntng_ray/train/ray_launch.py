@@ -11,6 +11,7 @@ validation points and checkpoints to Ray Train.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ntng_ray.atomic import write_text_atomic
 from ntng_ray.config import RunConfig as NtngConfig
 from ntng_ray.config import StrategyConfig
 from ntng_ray.errors import NtngError
@@ -224,10 +226,6 @@ def _drop_lines_after(path: Path, step: int | None) -> None:
     A worker group that Ray restarts resumes from the last checkpoint, or from the start when
     it failed before one was committed; either way each step appears once in the file.
     """
-    import json
-
-    from ntng_ray.atomic import write_text_atomic
-
     if not path.is_file():
         return
     lines = path.read_text().splitlines()
