@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ntng_ray.errors import NtngError
 
@@ -40,6 +41,31 @@ def _print_progress(record: dict) -> None:
         f"RST {100 * record['rst_progress']:5.1f}%  {detail}",
         flush=True,
     )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ntng_ray.sweep.spec import load_sweep
+
+    spec = load_sweep(args.sweep, args.overrides)
+    if args.dry_run:
+        from ntng_ray.sweep.plan import base_mapping, check_trial_configs, format_plan
+
+        check_trial_configs(spec, base_mapping(spec))
+        print(format_plan(spec))
+        return 0
+    from ntng_ray.sweep.runner import run_sweep
+
+    summary = run_sweep(spec, resume=args.resume, report_dir=args.out)
+    print(
+        f"sweep {summary['name']!r} done in {summary['wall_seconds']:.0f} s: "
+        f"{summary['sweep_rst_seconds']:.1f} RST s spent in all (IL models "
+        f"{summary['rho_il_rst_seconds']:.1f}); folder {summary['root']}"
+    )
+    if "report" in summary:
+        print(summary["report"])
+        where = f" and in {args.out}" if args.out else ""
+        print(f"report files: MLflow run {summary['parent_run_id']}, artifacts report/{where}")
+    return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -155,6 +181,27 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return run_ui(args.host, args.port, args.tracking_uri)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ntng_ray.config import TrackingConfig
+    from ntng_ray.sweep.report import (
+        build_report,
+        find_parent_run,
+        open_report_client,
+        publish_report,
+        render_markdown,
+    )
+    from ntng_ray.track.mlflow_run import resolve_tracking_uri
+
+    client = open_report_client(resolve_tracking_uri(TrackingConfig(uri=args.tracking_uri)))
+    report = build_report(client, find_parent_run(client, args.sweep))
+    files = publish_report(client, report, Path(args.out) if args.out else None)
+    print(render_markdown(report, images=False))
+    for path in files:
+        print(f"wrote {path}")
+    print(f"logged the report on MLflow run {report.parent_run_id} under report/")
+    return 0
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The run config and its overrides, as every command that runs a config takes them."""
     parser.add_argument("config", help="path to a run config YAML, or a shipped config name")
@@ -184,6 +231,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(pretrain)
     pretrain.set_defaults(func=_cmd_pretrain)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a sweep: per-strategy tuning and final seeds under RST budgets, on Ray Tune",
+        description=(
+            "Run the protocol of a sweep file: at each budget every strategy gets the same "
+            "number of tuning trials from the same searcher, each strategy's best configuration "
+            "(lowest validation loss) is re-run over the final seeds, every trial is recorded as "
+            "a child of the sweep's MLflow parent run, and the comparison report is written to "
+            "the parent run. Local Ray unless backend address / $RAY_ADDRESS names a cluster."
+        ),
+        epilog="Example: ntng sweep sweeps/debug.yaml   (then: ntng report debug --out report/)",
+    )
+    sweep.add_argument("sweep", help="sweep file (YAML) or the name of one in sweeps/")
+    sweep.add_argument("overrides", nargs="*", help="sweep settings as dotted key=value pairs")
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="validate, print the trial plan and its total RST"
+    )
+    sweep.add_argument(
+        "--resume", action="store_true", help="continue an interrupted sweep of the same file"
+    )
+    sweep.add_argument("--out", type=Path, help="also write the report files to this folder")
+    sweep.set_defaults(func=_cmd_sweep)
 
     config = sub.add_parser(
         "config",
@@ -290,11 +360,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.add_argument("--tracking-uri", help="MLflow store to serve (default as above)")
     ui.set_defaults(func=_cmd_ui)
+
+    report = sub.add_parser(
+        "report",
+        help="compare a sweep's strategies with the baseline: tables, verdicts and plots",
+        description=(
+            "Read a sweep's runs from MLflow and write, per budget, each strategy's final "
+            "train-eval and validation loss (and downstream scores) over seeds, the difference to "
+            "the baseline with a 95% Welch's t interval and a verdict, the RST spent in tuning "
+            "and plots: report.md, report.html and PNGs, to --out DIR and to the parent run."
+        ),
+        epilog="Example: ntng report debug --out reports/debug",
+    )
+    report.add_argument("sweep", help="sweep name (its most recent parent run) or parent run id")
+    report.add_argument("--out", help="folder to write the report into as well")
+    report.add_argument("--tracking-uri", help="MLflow store (default: as `ntng ui`)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`ntng sweep F --dry-run a.b=1`); argparse stops
+    # collecting positionals at the first option, so the later ones arrive here.
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    unknown = [item for item in extra if item not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
     try:
         return args.func(args)
     except NtngError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -266,19 +267,20 @@ def shipped_config_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_yaml_mapping(source: str, kind: str, shipped_package: str) -> tuple[dict[str, Any], str]:
-    """Read a YAML mapping from a path or a shipped name; return it with the source's stem.
+def read_yaml_mapping(
+    source: str, kind: str, shipped_dir: Traversable
+) -> tuple[dict[str, Any], str]:
+    """Read a YAML mapping from a path or a name shipped in ``shipped_dir``; return it and its stem.
 
     Shared by run configs and sweep files so both fail the same way on a missing or malformed file.
     """
     path = Path(source)
     if not path.is_file():
-        shipped = resources.files(shipped_package) / f"{source}.yaml"
+        shipped = shipped_dir / f"{source}.yaml"
         if not shipped.is_file():
+            found = shipped_dir.iterdir() if shipped_dir.is_dir() else []
             known = ", ".join(
-                p.name.removesuffix(".yaml")
-                for p in resources.files(shipped_package).iterdir()
-                if p.name.endswith(".yaml")
+                p.name.removesuffix(".yaml") for p in found if p.name.endswith(".yaml")
             )
             raise NtngError(
                 f"{kind} {source!r}: no such file, and no shipped {kind} of that name ({known})"
@@ -309,15 +311,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise NtngError(f"override {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(data, key, value, f"override {item!r}")
     return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key`` 'a.b.c', creating sections on the way."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise NtngError(f"{where}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
@@ -361,7 +368,7 @@ def validate_mapping(data: dict[str, Any], model: type[BaseModel], what: str) ->
 
 def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config from a path or shipped name, apply overrides, and validate it."""
-    data, stem = read_yaml_mapping(source, "config", SHIPPED_CONFIGS)
+    data, stem = read_yaml_mapping(source, "config", resources.files(SHIPPED_CONFIGS))
     data.setdefault("name", stem)
     apply_overrides(data, list(overrides or []))
     return validate_mapping(data, RunConfig, f"config {source!r}")

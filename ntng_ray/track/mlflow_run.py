@@ -137,7 +137,7 @@ def open_client(tracking_uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=tracking_uri)
 
 
-def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Beside a SQLite database, so artifacts do not land in whichever cwd made the experiment."""
     db = sqlite_path(tracking_uri)
     if db is None:
@@ -276,7 +276,7 @@ class MlflowRun:
         uri = resolve_tracking_uri(cfg.tracking)
         client = open_client(uri)
         if run_id is None:
-            location = _artifact_location(uri, cfg.tracking.experiment)
+            location = artifact_location(uri, cfg.tracking.experiment)
             with store_lock(uri):
                 experiment_id = ensure_experiment(client, cfg.tracking.experiment, location)
             run = cls(client, client.create_run(experiment_id, tags=dict(tags)).info.run_id)

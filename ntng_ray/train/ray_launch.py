@@ -11,7 +11,6 @@ validation points and checkpoints to Ray Train.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,26 +22,43 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ntng_ray.atomic import write_text_atomic
 from ntng_ray.config import RunConfig as NtngConfig
 from ntng_ray.config import StrategyConfig
 from ntng_ray.errors import NtngError
 from ntng_ray.train.loop import Placement, Reporter, build_run
 from ntng_ray.train.plan import RunPlan, plan_run, prepare_device
-from ntng_ray.train.run import begin_outputs, finish_outputs, rank0_sinks, read_summary, tracked
+from ntng_ray.train.run import (
+    begin_outputs,
+    drop_lines_after,
+    finish_outputs,
+    rank0_sinks,
+    read_summary,
+    tracked,
+)
 
 DRIVER_CPUS = 1.0
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "HF_HOME")
 
 
-def pretrain_on_ray(cfg: NtngConfig, reporters: Sequence[Reporter] = ()) -> dict[str, Any]:
-    """Run ``cfg`` on ``backend.workers`` Ray Train workers; returns the run's summary."""
+def pretrain_on_ray(
+    cfg: NtngConfig,
+    reporters: Sequence[Reporter] = (),
+    *,
+    mlflow_run_id: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Run ``cfg`` on ``backend.workers`` Ray Train workers; returns the run's summary.
+
+    A sweep trial passes its own MLflow run (reopened by rank 0) and Ray Train callbacks such as
+    Tune's report forwarder; a Ray Train run of the same name in the same storage resumes from
+    its latest checkpoint, which is how a restarted trial continues.
+    """
     cfg = _pinned_for_workers(cfg)
     plan = plan_run(cfg)
     connect(cfg)
     check_fits(cfg)
     begin_outputs(plan)
-    run_id = _create_mlflow_run(plan)
+    run_id = mlflow_run_id or _create_mlflow_run(plan)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
@@ -62,6 +78,7 @@ def pretrain_on_ray(cfg: NtngConfig, reporters: Sequence[Reporter] = ()) -> dict
             failure_config=FailureConfig(max_failures=cfg.backend.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": _forwarded_env()},
+            callbacks=list(callbacks),
         ),
     )
     try:
@@ -81,24 +98,28 @@ def _pinned_for_workers(cfg: NtngConfig) -> NtngConfig:
     """The config with every path and store made absolute, so workers find the same ones."""
     from ntng_ray.train.outputs import resolve_output_dir
 
-    updates: dict[str, Any] = {
-        "output_dir": str(resolve_output_dir(cfg).resolve()),
-        "data": cfg.data.model_copy(
-            update={
-                "cache_dir": str(cfg.data.resolved_cache_dir().resolve()),
-                "files": [str(Path(f).expanduser().resolve()) for f in cfg.data.files],
-            }
-        ),
-    }
+    cfg = pin_shared_paths(cfg)
     # Strategy parameters come back from validation resolved (e.g. RHO-loss's il_dir absolute).
     params = cfg.strategy.params().model_dump(mode="json")
-    updates["strategy"] = StrategyConfig.model_validate({"name": cfg.strategy.name, **params})
-    if cfg.tracking.enabled:
-        from ntng_ray.track.mlflow_run import resolve_tracking_uri
+    strategy = StrategyConfig.model_validate({"name": cfg.strategy.name, **params})
+    output_dir = str(resolve_output_dir(cfg).resolve())
+    return cfg.model_copy(update={"output_dir": output_dir, "strategy": strategy})
 
-        uri = resolve_tracking_uri(cfg.tracking)
-        updates["tracking"] = cfg.tracking.model_copy(update={"uri": uri})
-    return cfg.model_copy(update=updates)
+
+def pin_shared_paths(cfg: NtngConfig) -> NtngConfig:
+    """Data files, the data cache and the MLflow store made absolute, as other processes need."""
+    data = cfg.data.model_copy(
+        update={
+            "cache_dir": str(cfg.data.resolved_cache_dir().resolve()),
+            "files": [str(Path(f).expanduser().resolve()) for f in cfg.data.files],
+        }
+    )
+    if not cfg.tracking.enabled:
+        return cfg.model_copy(update={"data": data})
+    from ntng_ray.track.mlflow_run import resolve_tracking_uri
+
+    tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(cfg.tracking)})
+    return cfg.model_copy(update={"data": data, "tracking": tracking})
 
 
 def storage_path(cfg: NtngConfig, plan: RunPlan) -> str:
@@ -203,7 +224,7 @@ def _train_worker(config: dict[str, Any]) -> None:
             run.restore(Path(folder))
     is_rank0 = placement.rank == 0
     if is_rank0:
-        _drop_lines_after(plan.output_dir / "metrics.jsonl", run.restored_from_step)
+        drop_lines_after(plan.output_dir / "metrics.jsonl", run.restored_from_step)
     tracking = (
         tracked(plan, engine, run_id=config["mlflow_run_id"])
         if is_rank0
@@ -218,16 +239,3 @@ def _train_worker(config: dict[str, Any]) -> None:
 
 def _sinks(plan: RunPlan, mlflow_run: Any, is_rank0: bool) -> contextlib.AbstractContextManager:
     return rank0_sinks(plan, mlflow_run) if is_rank0 else contextlib.nullcontext([])
-
-
-def _drop_lines_after(path: Path, step: int | None) -> None:
-    """Forget metric lines of steps this attempt redoes (all of them when it starts afresh).
-
-    A worker group that Ray restarts resumes from the last checkpoint, or from the start when
-    it failed before one was committed; either way each step appears once in the file.
-    """
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines()
-    kept = [] if step is None else [line for line in lines if json.loads(line)["step"] <= step]
-    write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -48,15 +48,32 @@ def pretrain(cfg: RunConfig, reporters: Sequence[Reporter] = ()) -> dict[str, An
     return pretrain_in_process(cfg, reporters)
 
 
-def pretrain_in_process(cfg: RunConfig, reporters: Sequence[Reporter] = ()) -> dict[str, Any]:
-    """The run in this process, with no Ray: the core loop, its outputs and its MLflow run."""
+def pretrain_in_process(
+    cfg: RunConfig,
+    reporters: Sequence[Reporter] = (),
+    *,
+    mlflow_run_id: str | None = None,
+    checkpoint_sink: CheckpointSink | None = None,
+    restore_from: Path | None = None,
+) -> dict[str, Any]:
+    """The run in this process, with no Ray: the core loop, its outputs and its MLflow run.
+
+    A caller that owns the run's lifecycle (a sweep trial) passes the MLflow run to reopen,
+    where checkpoints go, and the checkpoint to continue from after a restart.
+    """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    plan = plan_run(cfg)
-    sink = keep_latest_checkpoint(plan.output_dir / CHECKPOINT_FOLDER)
+    plan = plan_run(cfg, check_output_dir=restore_from is None)
+    sink = checkpoint_sink or keep_latest_checkpoint(plan.output_dir / CHECKPOINT_FOLDER)
     run = build_run(plan, checkpoint_sink=sink)
+    if restore_from is not None:
+        run.restore(restore_from)
     begin_outputs(plan)
-    with tracked(plan, run.engine) as mlflow_run, rank0_sinks(plan, mlflow_run) as sinks:
+    drop_lines_after(plan.output_dir / "metrics.jsonl", run.restored_from_step)
+    with (
+        tracked(plan, run.engine, run_id=mlflow_run_id) as mlflow_run,
+        rank0_sinks(plan, mlflow_run) as sinks,
+    ):
         run.reporters = [*sinks, *reporters]
         summary = run.run()
         finish_outputs(plan, run.engine, summary, mlflow_run)
@@ -132,3 +149,16 @@ def tracked(
 
 def read_summary(output_dir: Path) -> dict[str, Any]:
     return json.loads((output_dir / "summary.json").read_text())
+
+
+def drop_lines_after(path: Path, step: int | None) -> None:
+    """Forget metric lines of steps this attempt redoes (all of them when it starts afresh).
+
+    A run restarted after a failure resumes from the last checkpoint, or from the start when
+    it failed before one was committed; either way each step appears once in the file.
+    """
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [] if step is None else [line for line in lines if json.loads(line)["step"] <= step]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))

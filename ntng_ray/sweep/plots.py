@@ -1,0 +1,77 @@
+"""The report's PNG plots, drawn with matplotlib's Agg canvas directly (no pyplot), so plotting
+needs no display and keeps no global figure state in a long-running sweep driver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ntng_ray.atomic import write_atomic
+
+if TYPE_CHECKING:
+    from ntng_ray.sweep.report import BudgetResult
+
+DPI = 110
+
+
+def _color(position: int) -> str:
+    """The same colour for a strategy in every plot: its position in the sweep's list."""
+    return f"C{position % 10}"
+
+
+def _save(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    write_atomic(path, lambda temp: figure.savefig(temp, format="png", dpi=DPI))
+
+
+def plot_val_loss_vs_rst(budget: BudgetResult, path: Path) -> None:
+    """Validation loss against RST per strategy: mean over seeds, min-max band over seeds."""
+    figure = Figure(figsize=(7.5, 4.8))
+    axes = figure.add_subplot()
+    for position, result in enumerate(budget.strategies):
+        curve, color = result.curve, _color(position)
+        if not curve.rst:
+            continue
+        axes.plot(
+            curve.rst, curve.mean, marker="o", markersize=3, color=color, label=result.strategy
+        )
+        axes.fill_between(curve.rst, curve.low, curve.high, color=color, alpha=0.2)
+    axes.set_xlabel("RST (s)")
+    axes.set_ylabel("validation loss")
+    axes.set_title(
+        f"Budget {budget.label} RST s: mean over final-phase seeds, band = min-max", fontsize=10
+    )
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize=8)
+    else:
+        axes.text(0.5, 0.5, "no completed final runs", ha="center", transform=axes.transAxes)
+    _save(figure, path)
+
+
+def plot_final_metrics(budget: BudgetResult, path: Path) -> None:
+    """Each final metric per strategy: mean with ± sample-std error bars over seeds."""
+    columns = budget.columns
+    figure = Figure(figsize=(max(4.0, 3.2 * len(columns)), 4.2))
+    names = [r.strategy for r in budget.strategies]
+    for index, spec in enumerate(columns, start=1):
+        axes = figure.add_subplot(1, len(columns), index)
+        for position, result in enumerate(budget.strategies):
+            summary = result.metrics[spec.key].summary
+            if summary.n == 0:
+                continue
+            error = summary.std if summary.n > 1 else 0.0
+            axes.errorbar(
+                [position], [summary.mean], yerr=[error], fmt="o", capsize=4, color=_color(position)
+            )
+        axes.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+        axes.set_xlim(-0.5, len(names) - 0.5)
+        better = "higher" if spec.higher_is_better else "lower"
+        axes.set_title(f"{spec.label} ({better} is better)", fontsize=9)
+        axes.grid(alpha=0.3, axis="y")
+    figure.suptitle(f"Budget {budget.label} RST s: mean ± std over seeds", fontsize=10)
+    _save(figure, path)

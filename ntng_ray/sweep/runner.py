@@ -1,0 +1,411 @@
+"""``ntng sweep``: run a sweep's stages as Ray Tune experiments, resumable, recorded in MLflow.
+
+Per budget: RHO-loss's IL model (when rho_loss is compared), one tuning experiment per strategy
+(same searcher, same trial count, same budget), then one final experiment that re-runs each
+strategy's best configuration (lowest final validation loss among completed tuning trials) over
+the final seeds. The sweep ends by writing the comparison report to the parent run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import TuneConfig, Tuner
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.stopper import CombinedStopper
+
+from ntng_ray.errors import NtngError
+from ntng_ray.sweep.plan import (
+    RHO,
+    Stage,
+    base_mapping,
+    check_trial_configs,
+    stages,
+    sweep_root,
+    trial_config,
+    tune_storage,
+    tuning_seed,
+)
+from ntng_ray.sweep.progress import ProgressTable
+from ntng_ray.sweep.spec import SweepSpec
+from ntng_ray.sweep.state import SweepState
+from ntng_ray.sweep.stoppers import (
+    RST,
+    DivergenceStopper,
+    RSTBudgetStopper,
+    outcome,
+)
+from ntng_ray.sweep.tracking import SweepTracker
+from ntng_ray.sweep.trial import run_trial
+from ntng_ray.train.ray_launch import FORWARDED_ENV
+from ntng_ray.train.run import uses_ray
+
+TRIAL_DRIVER_CPUS = 0.01
+FORWARDED_SWEEP_ENV = (*FORWARDED_ENV, "NTNG_CACHE_DIR", "TORCH_EXTENSIONS_DIR")
+
+
+class SweepInterrupted(NtngError):
+    """The sweep stopped before its stages were done; ``--resume`` continues it."""
+
+
+def run_sweep(spec: SweepSpec, resume: bool = False, report_dir: Path | None = None) -> dict:
+    """Run (or resume) the whole sweep; returns a summary of what ran."""
+    root = sweep_root(spec)
+    base = base_mapping(spec)
+    check_trial_configs(spec, base)
+    state = SweepState.open(root, spec.content_hash(), resume, spec.overwrite)
+    connect(spec)
+    tracker = _tracker(spec, state)
+    started = time.monotonic()
+    try:
+        with sigterm_as_sigint():
+            for stage in stages(spec):
+                if state.done(stage.key) is None:
+                    state.finish_stage(stage.key, _run_stage(spec, base, stage, state, tracker))
+    except KeyboardInterrupt:
+        _end_interrupted(tracker)
+        raise SweepInterrupted(_resume_hint(spec, root)) from None
+    except SweepInterrupted:
+        _end_interrupted(tracker)
+        raise
+    except BaseException:
+        if tracker is not None:
+            tracker.kill_running_children()
+            tracker.end_parent("FAILED", {})
+        raise
+    totals = sweep_totals(state)
+    summary = {"name": spec.name, "root": str(root), **totals}
+    summary["wall_seconds"] = time.monotonic() - started
+    if tracker is not None:
+        tracker.end_parent("FINISHED", totals)
+        summary["parent_run_id"] = tracker.parent_run_id
+        summary["report"] = _publish_report(tracker, report_dir)
+    return summary
+
+
+def _tracker(spec: SweepSpec, state: SweepState) -> SweepTracker | None:
+    """The parent run: created on a fresh sweep, reopened on resume (its cut-off children
+    are marked KILLED first; their trials reopen them when Tune restarts them)."""
+    if not spec.tracking.enabled:
+        return None
+    tracker = SweepTracker(spec.tracking, state.parent_run_id)
+    if state.parent_run_id is None:
+        state.parent_run_id = tracker.start_parent(spec, spec.tuning_trials())
+        state.save()
+    else:
+        killed = tracker.kill_running_children()
+        if killed:
+            print(f"marked {killed} trial run(s) left RUNNING by the interrupted sweep KILLED")
+        tracker.reopen_parent()
+    print(f"MLflow: {tracker.uri}, parent run {tracker.parent_run_id}", flush=True)
+    return tracker
+
+
+def _end_interrupted(tracker: SweepTracker | None) -> None:
+    if tracker is not None:
+        tracker.kill_running_children()
+        tracker.end_parent("KILLED", {})
+
+
+def _resume_hint(spec: SweepSpec, root: Path) -> str:
+    return (
+        f"sweep {spec.name!r} was interrupted; its state is in {root}. Continue it with the same "
+        "command plus --resume"
+    )
+
+
+@contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM (``ray job stop``, ``kill``) ends the sweep the way Ctrl-C does: trials stop,
+    state is saved, in-flight runs are marked KILLED."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def connect(spec: SweepSpec) -> None:
+    """Join ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized for the trials at once."""
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_SWEEP_ENV if k in os.environ}}
+    address = spec.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env)
+        return
+    per_trial = spec.resources.workers * spec.resources.cpus_per_trial + TRIAL_DRIVER_CPUS
+    need = int(spec.resources.max_concurrent * per_trial + 0.999)
+    ray.init(
+        num_cpus=max(need, os.cpu_count() or 1),
+        runtime_env=runtime_env,
+        log_to_driver=False,
+    )
+
+
+def _run_stage(
+    spec: SweepSpec, base: dict, stage: Stage, state: SweepState, tracker: SweepTracker | None
+) -> dict[str, Any]:
+    print(f"\n=== stage {stage.key}", flush=True)
+    if stage.kind == "rho_il":
+        return _run_rho_il(spec, base, stage)
+    if stage.kind == "tune":
+        return _run_tune(spec, base, stage, state, tracker)
+    return _run_final(spec, base, stage, state, tracker)
+
+
+def _rho_il_dir(spec: SweepSpec, budget: float) -> Path:
+    return sweep_root(spec) / "il" / Stage("rho_il", budget).key
+
+
+def _run_rho_il(spec: SweepSpec, base: dict, stage: Stage) -> dict[str, Any]:
+    """Train RHO-loss's irreducible-loss model once per budget, on the cluster, as a Ray task."""
+    from ntng_ray.strategies.rho_loss import prepare_irreducible_losses
+
+    folder = _rho_il_dir(spec, stage.budget)
+    cfg = trial_config(
+        base,
+        spec,
+        RHO,
+        {},
+        stage.budget,
+        tuning_seed(spec),
+        folder.with_name(folder.name + "-run"),
+        f"{spec.name}-{stage.key}",
+    )
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    il_budget = cfg.strategy.params().il_budget_rst_seconds
+    task = ray.remote(prepare_irreducible_losses).options(
+        num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
+    )
+    meta = ray.get(task.remote(cfg, folder, il_budget))
+    print(
+        f"IL model for budget {stage.budget:g}: {meta['rho_il_rst_seconds']:.2f} RST s "
+        f"(model + IL forwards), folder {folder}",
+        flush=True,
+    )
+    return {"rst_seconds": float(meta["rho_il_rst_seconds"]), "il_dir": str(folder)}
+
+
+def _stage_context(
+    spec: SweepSpec, base: dict, stage: Stage, phase: str, tracker: SweepTracker | None
+) -> dict[str, Any]:
+    """What every trial of the stage needs besides its own strategy, seed and parameters."""
+    fixed = {}
+    if RHO in spec.strategies:
+        fixed[RHO] = {"strategy.il_dir": str(_rho_il_dir(spec, stage.budget))}
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "base": base,
+        "budget": stage.budget,
+        "key": stage.key,
+        "phase": phase,
+        "root": str(sweep_root(spec)),
+        "tracking": base["tracking"],
+        "parent_run_id": tracker.parent_run_id if tracker else None,
+        "fixed": fixed,
+    }
+
+
+def _trainable(spec: SweepSpec, base: dict, context: dict[str, Any]) -> Any:
+    """The trial function with its stage context and resources: a trial that runs its loop in
+    process holds its CPUs (or GPU); one that starts Ray Train workers holds only a sliver."""
+    probe = trial_config(base, spec, "baseline", {}, context["budget"], 0, Path("probe"), "probe")
+    if uses_ray(probe):
+        resources = {"cpu": TRIAL_DRIVER_CPUS}
+    else:
+        resources = {"cpu": spec.resources.cpus_per_trial}
+    return tune.with_resources(tune.with_parameters(run_trial, stage=context), resources)
+
+
+def _run_config(spec: SweepSpec, stage: Stage) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=stage.key,
+        storage_path=tune_storage(spec),
+        stop=CombinedStopper(
+            RSTBudgetStopper(spec.guards.budget_tolerance), DivergenceStopper(spec.guards.max_loss)
+        ),
+        callbacks=[ProgressTable(f"{spec.name} / {stage.key}")],
+        failure_config=tune.FailureConfig(max_failures=0),
+        verbose=0,
+    )
+
+
+def _fit(spec: SweepSpec, stage: Stage, trainable: Any, make_tuner: Any) -> tune.ResultGrid:
+    """Restore the stage's experiment when a previous attempt left one, else start it."""
+    path = os.path.join(tune_storage(spec), stage.key)
+    if Tuner.can_restore(path):
+        print(f"resuming Tune experiment {path}", flush=True)
+        tuner = Tuner.restore(path, trainable=trainable, resume_unfinished=True)
+    else:
+        tuner = make_tuner()
+    return tuner.fit()
+
+
+def _searcher(spec: SweepSpec) -> Any:
+    searcher = spec.search.searcher
+    if searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=spec.search.seed)
+    if searcher == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch(random_state_seed=spec.search.seed)
+    return BasicVariantGenerator(random_state=spec.search.seed)
+
+
+def _scheduler(spec: SweepSpec, budget: float) -> Any:
+    """None (the study's setting) or ASHA on RST, explicitly asked for and labelled."""
+    if spec.search.scheduler == "none":
+        return None
+    return ASHAScheduler(time_attr=RST, max_t=budget, grace_period=budget / 4)
+
+
+def to_tune_domain(value: Any) -> Any:
+    """A sweep file's domain, e.g. {loguniform: [1e-4, 1e-2]}, as Ray Tune's object."""
+    if not isinstance(value, dict):
+        return value
+    ((kind, args),) = value.items()
+    if kind == "grid":
+        return tune.grid_search(args)
+    if kind == "choice":
+        return tune.choice(args)
+    return getattr(tune, kind)(*args)
+
+
+def _run_tune(
+    spec: SweepSpec, base: dict, stage: Stage, state: SweepState, tracker: SweepTracker | None
+) -> dict[str, Any]:
+    """One strategy's tuning trials; returns its best configuration and the RST it spent."""
+    assert stage.strategy is not None
+    entry = spec.strategies[stage.strategy]
+    context = _stage_context(spec, base, stage, "tune", tracker)
+    trainable = _trainable(spec, base, context)
+    space = {key: to_tune_domain(domain) for key, domain in entry.space.items()}
+    trials = spec.tuning_trials()[stage.strategy]
+    grid = spec.search.searcher == "grid"
+
+    def make_tuner() -> Tuner:
+        return Tuner(
+            trainable,
+            param_space={
+                "trial": {"strategy": stage.strategy, "seed": tuning_seed(spec), "params": space}
+            },
+            tune_config=TuneConfig(
+                metric="val_loss",
+                mode="min",
+                num_samples=1 if grid else trials,
+                search_alg=_searcher(spec),
+                scheduler=_scheduler(spec, stage.budget),
+                max_concurrent_trials=spec.resources.max_concurrent,
+            ),
+            run_config=_run_config(spec, stage),
+        )
+
+    grid_result = _fit(spec, stage, trainable, make_tuner)
+    outcomes = _close_trials(spec, grid_result, tracker)
+    completed = [r for r in grid_result if outcomes[r.metrics.get("trial_id", "")] == "completed"]
+    best = min(completed, key=lambda r: r.metrics["final_validation_loss"], default=None)
+    record: dict[str, Any] = {
+        "rst_seconds": _rst_spent(grid_result),
+        "outcomes": outcomes,
+        "best": None,
+    }
+    if best is None:
+        print(f"no tuning trial of {stage.strategy} completed: it has no final runs", flush=True)
+        return record
+    record["best"] = {
+        "trial_id": best.metrics["trial_id"],
+        "params": best.config["trial"]["params"],
+        "final_validation_loss": best.metrics["final_validation_loss"],
+    }
+    if tracker is not None:
+        tracker.tag_child(best.metrics["trial_id"], {"ntng.selected": "true"})
+    print(f"best {stage.strategy}: {record['best']}", flush=True)
+    return record
+
+
+def _run_final(
+    spec: SweepSpec, base: dict, stage: Stage, state: SweepState, tracker: SweepTracker | None
+) -> dict[str, Any]:
+    """Every strategy's best configuration over the final seeds, in one experiment."""
+    cases = []
+    for name in spec.strategy_order():
+        tuned = state.done(Stage("tune", stage.budget, name).key) or {}
+        if tuned.get("best") is None:
+            continue
+        cases += [
+            {"strategy": name, "seed": seed, "params": tuned["best"]["params"]}
+            for seed in spec.final_seeds()
+        ]
+    context = _stage_context(spec, base, stage, "final", tracker)
+    trainable = _trainable(spec, base, context)
+
+    def make_tuner() -> Tuner:
+        return Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(cases)},
+            tune_config=TuneConfig(max_concurrent_trials=spec.resources.max_concurrent),
+            run_config=_run_config(spec, stage),
+        )
+
+    grid_result = _fit(spec, stage, trainable, make_tuner)
+    outcomes = _close_trials(spec, grid_result, tracker)
+    return {"rst_seconds": _rst_spent(grid_result), "outcomes": outcomes}
+
+
+def _close_trials(
+    spec: SweepSpec, grid_result: tune.ResultGrid, tracker: SweepTracker | None
+) -> dict[str, str]:
+    """Each trial's outcome; runs the stoppers ended are closed with it. A stage with trials
+    that neither finished nor were stopped was interrupted: the sweep stops there."""
+    outcomes: dict[str, str] = {}
+    interrupted = 0
+    for result in grid_result:
+        trial_id = result.metrics.get("trial_id", "")
+        how = outcome(
+            result.metrics,
+            result.error is not None,
+            spec.guards.budget_tolerance,
+            spec.guards.max_loss,
+        )
+        outcomes[trial_id] = how
+        if how == "interrupted":
+            interrupted += 1
+        elif how != "completed" and tracker is not None and trial_id:
+            tracker.close_child(trial_id, how)
+    if interrupted:
+        raise SweepInterrupted(
+            f"{interrupted} trial(s) did not finish; continue the sweep with --resume"
+        )
+    return outcomes
+
+
+def _rst_spent(grid_result: tune.ResultGrid) -> float:
+    return float(sum(r.metrics.get(RST, 0.0) or 0.0 for r in grid_result))
+
+
+def sweep_totals(state: SweepState) -> dict[str, float]:
+    """RST spent by the whole sweep: every trial (tuning included) and the IL models."""
+    total = sum(record.get("rst_seconds", 0.0) for record in state.stages.values())
+    il = sum(r.get("rst_seconds", 0.0) for k, r in state.stages.items() if k.endswith("rho-il"))
+    return {"sweep_rst_seconds": total, "rho_il_rst_seconds": il}
+
+
+def _publish_report(tracker: SweepTracker, out: Path | None) -> str:
+    """Write the report to the parent run (and ``out``); return its Markdown for the terminal."""
+    from ntng_ray.sweep.report import build_report, publish_report, render_markdown
+
+    report = build_report(tracker.client, tracker.parent_run_id)
+    publish_report(tracker.client, report, out)
+    return render_markdown(report)
