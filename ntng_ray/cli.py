@@ -46,7 +46,8 @@ def _print_progress(record: dict) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ntng_ray.sweep.spec import load_sweep
 
-    spec = load_sweep(args.sweep, args.overrides)
+    address = [f"address={args.address}"] if args.address else []
+    spec = load_sweep(args.sweep, [*args.overrides, *address])
     if args.dry_run:
         from ntng_ray.sweep.plan import base_mapping, check_trial_configs, format_plan
 
@@ -175,6 +176,12 @@ def _cmd_rho_prepare(args: argparse.Namespace) -> int:
     return run_rho_prepare(args.config, args.overrides)
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from ntng_ray.downstream.finetune import run_finetune_cli
+
+    return run_finetune_cli(args.checkpoint, args.suite, args.tasks, args.data_dir, args.overrides)
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from ntng_ray.track.ui import run_ui
 
@@ -253,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue an interrupted sweep of the same file"
     )
     sweep.add_argument("--out", type=Path, help="also write the report files to this folder")
+    sweep.add_argument(
+        "--address", help="Ray cluster to run on (default: the file's address, $RAY_ADDRESS)"
+    )
     sweep.set_defaults(func=_cmd_sweep)
 
     config = sub.add_parser(
@@ -334,6 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(rho)
     rho.set_defaults(func=_cmd_rho_prepare)
+
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune a pretrained model on GLUE or SuperGLUE tasks and score them",
+        description=(
+            "Fine-tune the model a pretraining run exported on each task (BERT: a classification "
+            "or regression head; T5: text-to-text, labels as words, scored by generation) and "
+            "write OUT/scores.json: per task its validation metrics, and the suite's average "
+            "(WNLI excluded from GLUE's). Settings (key=value): epochs, batch_size, lr, warmup, "
+            "max_length, seed, max_train_examples, max_eval_examples, report=last|best, threads."
+        ),
+        epilog=(
+            "Example: ntng finetune --checkpoint runs/bert-tiny --suite glue --tasks SST-2,CoLA "
+            "--data-dir data/glue output_dir=runs/bert-tiny-glue"
+        ),
+    )
+    finetune.add_argument(
+        "--checkpoint", required=True, help="a pretraining run's output_dir, or its model/ folder"
+    )
+    finetune.add_argument("--suite", required=True, help="glue or superglue")
+    finetune.add_argument("--tasks", help="comma-separated task names, any case (default: all)")
+    finetune.add_argument(
+        "--data-dir",
+        help="folder in the benchmark's layout (GLUE: <TASK>/dev.tsv, SuperGLUE: <Task>/val.jsonl);"
+        " default: the Hugging Face hub",
+    )
+    finetune.add_argument(
+        "overrides", nargs="*", help="settings as key=value pairs, e.g. output_dir=runs/ft epochs=3"
+    )
+    finetune.set_defaults(func=_cmd_finetune)
 
     prebuild = sub.add_parser(
         "prebuild-ops",

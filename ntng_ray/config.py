@@ -182,6 +182,10 @@ class BackendConfig(Section):
         default_factory=list, description="Progress points at which a checkpoint is written."
     )
     max_failures: int = Field(0, ge=-1, description="Worker failures to recover from (-1: any).")
+    autoscaling: bool = Field(
+        False,
+        description="The cluster adds nodes on demand: skip the check that it holds the run now.",
+    )
 
     @field_validator("checkpoint_points")
     @classmethod

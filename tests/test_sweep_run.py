@@ -21,6 +21,7 @@ from tests.fast import SMALL_DATA
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 SMALL = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in SMALL_DATA)}
 
 
@@ -167,3 +168,60 @@ def test_resume_after_interrupting_the_driver(tmp_path: Path) -> None:
             assert run.info.end_time == finished_before[run.info.run_id]
     assert client.get_run(parent_id).info.status == "FINISHED"
     assert b"report" in resumed.stdout
+
+
+def test_debug_sweep_reduced_end_to_end(tmp_path: Path) -> None:
+    """The shipped debug sweep, reduced for CI (budget 3 RST s instead of 15, 1 tuning trial per
+    strategy instead of 2, a smaller corpus; still all seven strategies, RHO-loss's IL stage,
+    2 final seeds and the report)."""
+    from ntng_ray.sweep.runner import run_sweep
+    from ntng_ray.sweep.spec import load_sweep
+
+    data = yaml.safe_load((SWEEPS / "debug.yaml").read_text())
+    data["budgets"] = [{"rst_seconds": 3}]
+    data["search"]["trials"] = 1
+    data["overrides"].update(SMALL)
+    data["strategies"]["rho_loss"]["settings"]["strategy.il_budget_rst_seconds"] = 2
+    data["output_dir"] = str(tmp_path / "sweeps")
+    data["tracking"] = {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "debug"}
+    path = tmp_path / "debug.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = load_sweep(str(path))
+    summary = run_sweep(spec, report_dir=tmp_path / "report")
+
+    client = MlflowClient(spec.tracking.uri)
+    runs = children(client, summary["parent_run_id"])
+    finals = [r for r in runs if r.data.tags["ntng.phase"] == "final"]
+    assert {r.data.tags["ntng.strategy"] for r in finals} == set(spec.strategies)
+    assert len(finals) == 7 * 2 and all(r.info.status == "FINISHED" for r in finals)
+    assert summary["rho_il_rst_seconds"] > 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    for name in spec.strategies:
+        assert name in report
+    assert list((tmp_path / "report").glob("*.png"))
+
+
+def test_multi_worker_trials_run_ray_train_inside_tune(tmp_path: Path) -> None:
+    """A trial of two workers fits a Ray Train job inside its Tune trial (reports forwarded by
+    TuneReportCallback), searched by Optuna through Ray Tune's integration."""
+    from ntng_ray.sweep.runner import run_sweep
+    from ntng_ray.sweep.spec import load_sweep
+
+    strategies = {"baseline": {"space": {"optimizer.lr": {"loguniform": [1.0e-3, 3.0e-3]}}}}
+    path = write_sweep(
+        tmp_path,
+        "train-in-tune",
+        strategies,
+        search={"searcher": "optuna", "trials": 1},
+        final={"seeds": 1},
+        resources={"cpus_per_trial": 1, "workers": 2, "max_concurrent": 1},
+    )
+    spec = load_sweep(str(path))
+    summary = run_sweep(spec)
+
+    runs = children(MlflowClient(spec.tracking.uri), summary["parent_run_id"])
+    assert sorted(r.data.tags["ntng.phase"] for r in runs) == ["final", "tune"]
+    for run in runs:
+        assert run.data.tags["ntng.launch"] == "ray_train"
+        assert run.info.status == "FINISHED" and run.data.tags["ntng.outcome"] == "completed"
+        assert 0 < run.data.metrics["rst_seconds"] <= 2.0

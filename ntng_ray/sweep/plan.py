@@ -81,7 +81,7 @@ def base_mapping(spec: SweepSpec) -> dict[str, Any]:
     """
     data, stem = read_yaml_mapping(spec.base, "config", resources.files(SHIPPED_CONFIGS))
     data.setdefault("name", stem)
-    for key, value in spec.overrides.items():
+    for key, value in dotted_items(spec.overrides):
         set_dotted(data, key, value, f"overrides.{key}")
     fixed = {
         "data.split_seed": spec.split_seed,
@@ -107,6 +107,19 @@ def base_mapping(spec: SweepSpec) -> dict[str, Any]:
     data["data"] = pinned.data.model_dump(mode="json")
     data["tracking"] = pinned.tracking.model_dump(mode="json")
     return data
+
+
+def dotted_items(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"data": {"a": 1}, "b.c": 2}`` -> ``[("data.a", 1), ("b.c", 2)]``: settings may be written
+    nested or dotted (a command-line ``overrides.data.x=1`` arrives nested), never replacing a
+    whole section."""
+    items = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            items += dotted_items(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
 
 
 def trial_config(

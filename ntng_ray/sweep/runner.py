@@ -261,7 +261,10 @@ def _searcher(spec: SweepSpec) -> Any:
         from ray.tune.search.hyperopt import HyperOptSearch
 
         return HyperOptSearch(random_state_seed=spec.search.seed)
-    return BasicVariantGenerator(random_state=spec.search.seed)
+    # Ray Tune limits concurrency inside its basic generator, not through TuneConfig.
+    return BasicVariantGenerator(
+        random_state=spec.search.seed, max_concurrent=spec.resources.max_concurrent
+    )
 
 
 def _scheduler(spec: SweepSpec, budget: float) -> Any:
@@ -296,6 +299,8 @@ def _run_tune(
     grid = spec.search.searcher == "grid"
 
     def make_tuner() -> Tuner:
+        searcher = _searcher(spec)
+        basic = isinstance(searcher, BasicVariantGenerator)
         return Tuner(
             trainable,
             param_space={
@@ -305,9 +310,9 @@ def _run_tune(
                 metric="val_loss",
                 mode="min",
                 num_samples=1 if grid else trials,
-                search_alg=_searcher(spec),
+                search_alg=searcher,
                 scheduler=_scheduler(spec, stage.budget),
-                max_concurrent_trials=spec.resources.max_concurrent,
+                max_concurrent_trials=None if basic else spec.resources.max_concurrent,
             ),
             run_config=_run_config(spec, stage),
         )

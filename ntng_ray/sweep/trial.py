@@ -23,6 +23,7 @@ from ntng_ray.sweep.plan import trial_config
 from ntng_ray.sweep.spec import SweepSpec
 from ntng_ray.sweep.stoppers import BUDGET, FINAL, RST, TRAIN_LOSS, VAL_LOSS
 from ntng_ray.sweep.tracking import LAUNCH_TAG, OUTCOME_TAG, SweepTracker, child_tags
+from ntng_ray.train.ray_launch import pretrain_on_ray, progress_metrics
 from ntng_ray.train.run import pretrain_in_process, uses_ray
 
 IN_PROCESS = "in_process"
@@ -34,8 +35,9 @@ class TuneReporter:
     """Loop records to Tune: every validation point, train losses that look diverged (so the
     divergence stopper acts at once), and otherwise a progress beat every few seconds.
 
-    Every result carries ``val_loss`` (the searcher's metric; NaN once the run diverged, so a
-    searcher never takes a diverged point for a good one) and the RST spent and budgeted.
+    Every result carries what Ray Train workers report too (``progress_metrics``): ``val_loss``
+    (the searcher's metric; NaN once the run diverged, so a searcher never takes a diverged
+    point for a good one) and the RST spent and budgeted.
     """
 
     def __init__(self, budget: float, max_loss: float) -> None:
@@ -45,23 +47,28 @@ class TuneReporter:
         self.last_beat = 0.0
 
     def __call__(self, record: dict[str, Any]) -> None:
-        base = {RST: record["rst_seconds"], BUDGET: self.budget, "step": record["step"]}
-        base["rst_progress"] = record["rst_progress"]
         if record["event"] == "validation":
             self.val_loss = record["loss"]
-            tune.report(
-                base
-                | {VAL_LOSS: record["loss"], "train_eval_loss": record["train_eval_loss"]}
-                | {"progress_point": record["progress"]}
-            )
-            self.last_beat = time.monotonic()
+            extra = {
+                "train_eval_loss": record["train_eval_loss"],
+                "progress_point": record["progress"],
+            }
+            self._report(record, extra)
             return
         loss = record["loss"]
         bad = not math.isfinite(loss) or loss > self.max_loss
+        if bad:
+            self.val_loss = math.nan
         if bad or time.monotonic() - self.last_beat >= PROGRESS_EVERY_S:
-            val = math.nan if bad else self.val_loss
-            tune.report(base | {TRAIN_LOSS: loss, VAL_LOSS: val})
-            self.last_beat = time.monotonic()
+            self._report(record, {TRAIN_LOSS: loss})
+
+    def checkpoint(self, folder: Path, progress: dict[str, Any]) -> None:
+        """The loop's checkpoint sink: Tune keeps it, a restarted trial continues from it."""
+        self._report(progress, {}, checkpoint=Checkpoint.from_directory(folder))
+
+    def _report(self, source: dict[str, Any], extra: dict[str, Any], **kwargs: Any) -> None:
+        tune.report(progress_metrics(source, self.budget, self.val_loss) | extra, **kwargs)
+        self.last_beat = time.monotonic()
 
 
 def run_trial(config: dict[str, Any], stage: dict[str, Any]) -> None:
@@ -111,24 +118,11 @@ def _train(cfg: RunConfig, launch: str, reporter: TuneReporter, run_id: str | No
         return _in_process(cfg, reporter, run_id)
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ntng_ray.train.ray_launch import pretrain_on_ray
-
     return pretrain_on_ray(cfg, mlflow_run_id=run_id, callbacks=[TuneReportCallback()])
 
 
 def _in_process(cfg: RunConfig, reporter: TuneReporter, run_id: str | None) -> dict[str, Any]:
     """The loop in this process; checkpoints go to Tune, a restarted trial continues from one."""
-
-    def report_checkpoint(folder: Path, progress: dict[str, Any]) -> None:
-        metrics = {
-            RST: progress["rst_seconds"],
-            BUDGET: reporter.budget,
-            VAL_LOSS: reporter.val_loss,
-        }
-        tune.report(
-            metrics | {"step": progress["step"]}, checkpoint=Checkpoint.from_directory(folder)
-        )
-
     checkpoint = tune.get_checkpoint()
     opened = checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None)
     with opened as folder:
@@ -136,7 +130,7 @@ def _in_process(cfg: RunConfig, reporter: TuneReporter, run_id: str | None) -> d
             cfg,
             [reporter],
             mlflow_run_id=run_id,
-            checkpoint_sink=report_checkpoint,
+            checkpoint_sink=reporter.checkpoint,
             restore_from=Path(folder) if folder else None,
         )
 

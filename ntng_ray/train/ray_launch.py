@@ -11,6 +11,7 @@ validation points and checkpoints to Ray Train.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,7 +156,13 @@ def connect(cfg: NtngConfig) -> None:
 
 
 def check_fits(cfg: NtngConfig) -> None:
-    """Refuse a run the cluster cannot hold, naming what is missing (Ray would wait forever)."""
+    """Refuse a run the cluster cannot hold, naming what is missing (Ray would wait forever).
+
+    An autoscaling cluster (``backend.autoscaling``) starts nodes for a pending request, so
+    there the request is left to wait for them.
+    """
+    if cfg.backend.autoscaling:
+        return
     total = ray.cluster_resources()
     for resource, amount in required_resources(cfg).items():
         if total.get(resource, 0.0) < amount:
@@ -163,7 +170,8 @@ def check_fits(cfg: NtngConfig) -> None:
                 f"backend.workers = {cfg.backend.workers} with {cfg.backend.cpus_per_worker} CPU "
                 f"per worker{' and a GPU each' if cfg.backend.use_gpu else ''} needs {amount:g} "
                 f"{resource} (including {DRIVER_CPUS:g} CPU for the driver), but the Ray cluster "
-                f"has {total.get(resource, 0.0):g}; reduce backend.workers or add nodes"
+                f"has {total.get(resource, 0.0):g}; reduce backend.workers, add nodes, or set "
+                "backend.autoscaling=true where the cluster adds nodes on demand"
             )
     per_worker = {"CPU": cfg.backend.cpus_per_worker, "GPU": 1.0 if cfg.backend.use_gpu else 0.0}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -193,18 +201,39 @@ def _end_mlflow_run(plan: RunPlan, run_id: str | None, status: str) -> None:
     MlflowRun.start(plan.cfg, {}, run_id=run_id).end(status)
 
 
-def _report_validation(record: dict[str, Any]) -> None:
-    """Validation points reach Ray Train from every rank (``report`` is a barrier)."""
-    if record["event"] == "validation":
-        ray.train.report({k: v for k, v in record.items() if isinstance(v, int | float)})
+def progress_metrics(source: dict[str, Any], budget: float, val_loss: float) -> dict[str, Any]:
+    """What every report to Ray carries, under the names Tune's stoppers and searchers read:
+    RST spent and budgeted, the step, and the latest validation loss."""
+    return {
+        "rst_seconds": source["rst_seconds"],
+        "rst_progress": source["rst_progress"],
+        "step": source["step"],
+        "budget_rst_seconds": budget,
+        "val_loss": val_loss,
+    }
 
 
-def _report_checkpoint(folder: Path, progress: dict[str, Any]) -> None:
-    ray.train.report(
-        progress,
-        checkpoint=Checkpoint.from_directory(str(folder)),
-        checkpoint_dir_name=f"step-{progress['step']:07d}",
-    )
+class WorkerReports:
+    """A worker's reports to Ray Train: validation points (from every rank, as ``report`` is a
+    barrier) and checkpoints, each with the latest validation loss."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.val_loss = math.nan
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if record["event"] != "validation":
+            return
+        self.val_loss = record["loss"]
+        extra = {"train_eval_loss": record["train_eval_loss"], "progress_point": record["progress"]}
+        ray.train.report(progress_metrics(record, self.budget, self.val_loss) | extra)
+
+    def checkpoint(self, folder: Path, progress: dict[str, Any]) -> None:
+        ray.train.report(
+            progress | progress_metrics(progress, self.budget, self.val_loss),
+            checkpoint=Checkpoint.from_directory(str(folder)),
+            checkpoint_dir_name=f"step-{progress['step']:07d}",
+        )
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -216,7 +245,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.train.threads or max(1, int(cfg.backend.cpus_per_worker)))
     plan = plan_run(cfg, check_output_dir=False)
     device = ray.train.torch.get_device() if cfg.backend.use_gpu else prepare_device("cpu")
-    run = build_run(plan, placement, device, checkpoint_sink=_report_checkpoint)
+    reports = WorkerReports(cfg.budget.seconds)
+    run = build_run(plan, placement, device, checkpoint_sink=reports.checkpoint)
     engine = run.engine
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -231,7 +261,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         else contextlib.nullcontext(None)
     )
     with tracking as mlflow_run, _sinks(plan, mlflow_run, is_rank0) as sinks:
-        run.reporters = [*sinks, *(config["reporters"] if is_rank0 else []), _report_validation]
+        run.reporters = [*sinks, *(config["reporters"] if is_rank0 else []), reports]
         summary = run.run()
         if is_rank0:
             finish_outputs(plan, engine, summary, mlflow_run)
