@@ -22,11 +22,11 @@ from ntng_ray.config import (
     set_dotted,
     validate_mapping,
 )
-from ntng_ray.sweep.spec import SweepSpec
+from ntng_ray.sweep.spec import SweepSpec, dotted_items
 from ntng_ray.train.ray_launch import pin_shared_paths
 
 RHO = "rho_loss"
-StageKind = Literal["rho_il", "tune", "final"]
+StageKind = Literal["rho_il", "tune", "final", "downstream"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,14 @@ def stages(spec: SweepSpec) -> list[Stage]:
             order.append(Stage("rho_il", budget))
         order += [Stage("tune", budget, name) for name in spec.strategy_order()]
         order.append(Stage("final", budget))
+        if spec.downstream:
+            order.append(Stage("downstream", budget))
     return order
+
+
+def trial_output_dir(root: Path, stage_key: str, trial_id: str) -> Path:
+    """A trial's own folder: its run's outputs, the final model a downstream stage reads."""
+    return Path(root) / "trials" / stage_key / trial_id
 
 
 def sweep_root(spec: SweepSpec) -> Path:
@@ -107,19 +114,6 @@ def base_mapping(spec: SweepSpec) -> dict[str, Any]:
     data["data"] = pinned.data.model_dump(mode="json")
     data["tracking"] = pinned.tracking.model_dump(mode="json")
     return data
-
-
-def dotted_items(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``{"data": {"a": 1}, "b.c": 2}`` -> ``[("data.a", 1), ("b.c", 2)]``: settings may be written
-    nested or dotted (a command-line ``overrides.data.x=1`` arrives nested), never replacing a
-    whole section."""
-    items = []
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            items += dotted_items(value, f"{prefix}{key}.")
-        else:
-            items.append((f"{prefix}{key}", value))
-    return items
 
 
 def trial_config(
@@ -196,11 +190,15 @@ def rst_plan(spec: SweepSpec) -> list[dict[str, Any]]:
             rows.append(
                 {"stage": stage.key, "trials": trials, "rst_seconds": trials * stage.budget}
             )
-        else:
+        elif stage.kind == "final":
             trials = len(spec.strategies) * spec.final.seeds
             rows.append(
                 {"stage": stage.key, "trials": trials, "rst_seconds": trials * stage.budget}
             )
+        else:  # fine-tuning is not pretraining compute: it is not charged to RST
+            checkpoints = len(spec.strategies) * spec.final.seeds
+            trials = checkpoints * sum(len(d.tasks or []) for d in spec.downstream)
+            rows.append({"stage": stage.key, "trials": trials, "rst_seconds": 0.0})
     return rows
 
 

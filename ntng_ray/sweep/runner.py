@@ -8,6 +8,7 @@ the final seeds. The sweep ends by writing the comparison report to the parent r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -32,6 +33,7 @@ from ntng_ray.sweep.plan import (
     stages,
     sweep_root,
     trial_config,
+    trial_output_dir,
     tune_storage,
     tuning_seed,
 )
@@ -51,6 +53,8 @@ from ntng_ray.train.run import uses_ray
 
 TRIAL_DRIVER_CPUS = 0.01
 FORWARDED_SWEEP_ENV = (*FORWARDED_ENV, "NTNG_CACHE_DIR", "TORCH_EXTENSIONS_DIR")
+# Set by Ray's job manager in a job's driver: the job config, its runtime env included.
+RAY_JOB_CONFIG_JSON_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 class SweepInterrupted(NtngError):
@@ -138,7 +142,11 @@ def connect(spec: SweepSpec) -> None:
     """Join ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized for the trials at once."""
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_SWEEP_ENV if k in os.environ}}
+    # Inside a Ray job, variables the job's runtime env sets reach the trials already, and Ray
+    # refuses to merge a driver runtime env that sets them again.
+    already = set(job_env_vars())
+    forwarded = [k for k in FORWARDED_SWEEP_ENV if k in os.environ and k not in already]
+    runtime_env = {"env_vars": {k: os.environ[k] for k in forwarded}}
     address = spec.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env)
@@ -152,6 +160,14 @@ def connect(spec: SweepSpec) -> None:
     )
 
 
+def job_env_vars() -> dict[str, str]:
+    """The env vars of the runtime env of the Ray job this driver runs in (none outside jobs)."""
+    raw = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not raw:
+        return {}
+    return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+
+
 def _run_stage(
     spec: SweepSpec, base: dict, stage: Stage, state: SweepState, tracker: SweepTracker | None
 ) -> dict[str, Any]:
@@ -160,6 +176,8 @@ def _run_stage(
         return _run_rho_il(spec, base, stage)
     if stage.kind == "tune":
         return _run_tune(spec, base, stage, state, tracker)
+    if stage.kind == "downstream":
+        return _run_downstream(spec, base, stage, state, tracker)
     return _run_final(spec, base, stage, state, tracker)
 
 
@@ -366,7 +384,73 @@ def _run_final(
 
     grid_result = _fit(spec, stage, trainable, make_tuner)
     outcomes = _close_trials(spec, grid_result, tracker)
-    return {"rst_seconds": _rst_spent(grid_result), "outcomes": outcomes}
+    checkpoints = [
+        {
+            "trial_id": result.metrics["trial_id"],
+            "strategy": result.config["trial"]["strategy"],
+            "seed": result.config["trial"]["seed"],
+            "checkpoint": str(
+                trial_output_dir(sweep_root(spec), stage.key, result.metrics["trial_id"])
+            ),
+            "run_id": tracker.find_child(result.metrics["trial_id"]) if tracker else None,
+        }
+        for result in grid_result
+        if outcomes[result.metrics.get("trial_id", "")] == "completed"
+    ]
+    return {
+        "rst_seconds": _rst_spent(grid_result),
+        "outcomes": outcomes,
+        "checkpoints": checkpoints,
+    }
+
+
+def _run_downstream(
+    spec: SweepSpec, base: dict, stage: Stage, state: SweepState, tracker: SweepTracker | None
+) -> dict[str, Any]:
+    """Fine-tune every completed final checkpoint of the budget on the configured tasks."""
+    from ntng_ray.sweep.downstream_stage import (
+        finetune_cases,
+        log_suite_averages,
+        run_finetune_trial,
+    )
+
+    final = state.done(Stage("final", stage.budget).key) or {}
+    cases = finetune_cases(final.get("checkpoints", []), spec.downstream)
+    context = {
+        "spec_name": spec.name,
+        "budget": stage.budget,
+        "key": stage.key,
+        "root": str(sweep_root(spec)),
+        "tracking": base["tracking"],
+        "parent_run_id": tracker.parent_run_id if tracker else None,
+        "downstream": [d.model_dump(mode="json") for d in spec.downstream],
+    }
+    resources = {
+        "cpu": max(d.cpus_per_trial for d in spec.downstream),
+        "gpu": max(d.gpus_per_trial for d in spec.downstream),
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(run_finetune_trial, stage=context), resources
+    )
+
+    def make_tuner() -> Tuner:
+        return Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(cases)},
+            tune_config=TuneConfig(max_concurrent_trials=spec.resources.max_concurrent),
+            run_config=_run_config(spec, stage),
+        )
+
+    grid_result = _fit(spec, stage, trainable, make_tuner)
+    outcomes = _close_trials(spec, grid_result, tracker)
+    done = [
+        (r.config["trial"], Path(context["root"]) / "downstream" / stage.key / tid)
+        for r in grid_result
+        if outcomes[tid := r.metrics.get("trial_id", "")] == "completed"
+    ]
+    averages = log_suite_averages(tracker, context, done) if tracker else {}
+    print(f"downstream suite averages by pretraining run: {averages}", flush=True)
+    return {"rst_seconds": 0.0, "outcomes": outcomes, "averages": averages}
 
 
 def _close_trials(

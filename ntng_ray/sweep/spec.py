@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ntng_ray.config import (
     BudgetConfig,
@@ -72,12 +72,15 @@ class StrategyEntry(Section):
                 check_domain(key, domain)
         return value
 
-    @field_validator("settings")
+    @field_validator("settings", mode="before")
     @classmethod
-    def _settings_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
+    def _settings_keys(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        flat = dict(dotted_items(value))
+        for key in flat:
             check_tunable_key(key)
-        return value
+        return flat
 
 
 class SearchSettings(Section):
@@ -128,6 +131,50 @@ class GuardSettings(Section):
     )
 
 
+class DownstreamStage(Section):
+    """Fine-tune every final-phase checkpoint on a suite's tasks: one Tune trial per checkpoint
+    and task; the suite average per checkpoint feeds the report's downstream column."""
+
+    suite: Literal["glue", "superglue"] = Field(description="The benchmark suite.")
+    tasks: list[str] | None = Field(
+        None,
+        validate_default=True,
+        description="Task names as the benchmark spells them; default: the whole suite.",
+    )
+    data_dir: str | None = Field(
+        None, description="Folder in the benchmark's layout (<TASK>/dev.tsv ...); default: hub."
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Fine-tuning settings (`ntng finetune` key=value)."
+    )
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per fine-tuning trial.")
+    gpus_per_trial: int = Field(0, ge=0, le=1, description="GPUs per fine-tuning trial.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """Task names resolved to the benchmark's spelling; None becomes the whole suite."""
+        from ntng_ray.downstream.tasks import resolve_tasks
+
+        suite = info.data.get("suite")
+        return value if suite is None else [spec.name for spec in resolve_tasks(suite, value)]
+
+    @field_validator("settings")
+    @classmethod
+    def _valid_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from ntng_ray.downstream.settings import FinetuneSettings
+
+        FinetuneSettings.model_validate(value)
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _existing_folder(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_dir():
+            raise ValueError(f"{value!r} is not a folder")
+        return value
+
+
 class SweepSpec(Section):
     """A whole comparison: base run config, budgets, strategies and the protocol's settings."""
 
@@ -158,6 +205,9 @@ class SweepSpec(Section):
     )
     address: str | None = Field(None, description="Ray cluster address; default: $RAY_ADDRESS.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    downstream: list[DownstreamStage] = Field(
+        default_factory=list, description="Optional fine-tuning of the final checkpoints."
+    )
     overwrite: bool = Field(False, description="Start over when this sweep's folder exists.")
 
     @field_validator("strategies")
@@ -230,6 +280,19 @@ class SweepSpec(Section):
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+def dotted_items(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"data": {"a": 1}, "b.c": 2}`` -> ``[("data.a", 1), ("b.c", 2)]``: settings may be written
+    nested or dotted (a command-line ``overrides.data.x=1`` arrives nested), never replacing a
+    whole section."""
+    items = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            items += dotted_items(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
 def check_tunable_key(key: str) -> None:
     """A search space or setting may touch the optimizer, schedule and strategy parameters only."""
     section, _, rest = key.partition(".")
@@ -260,10 +323,36 @@ def check_domain(key: str, domain: dict[str, Any]) -> None:
 
 def load_sweep(source: str, overrides: list[str] | None = None) -> SweepSpec:
     """Read a sweep file (path or shipped name), apply ``key=value`` overrides, validate it."""
-    data, stem = read_yaml_mapping(source, "sweep", SHIPPED_SWEEPS)
-    data.setdefault("name", stem)
+    data = read_sweep_mapping(source)
     apply_overrides(data, list(overrides or []))
     return validate_mapping(data, SweepSpec, f"sweep {source!r}")
+
+
+def read_sweep_mapping(source: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A sweep file's mapping; ``extends: OTHER`` (a shipped name or a path relative to this
+    file) starts from that sweep and overrides it key by key, sections merged."""
+    data, stem = read_yaml_mapping(source, "sweep", SHIPPED_SWEEPS)
+    data.setdefault("name", stem)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if parent in seen:
+        raise NtngError(f"sweep {source!r}: extends {parent!r} again (a cycle: {seen})")
+    beside = Path(source).parent / f"{parent}"
+    if Path(source).is_file() and beside.is_file():
+        parent = str(beside)
+    return merge_sections(read_sweep_mapping(str(parent), (*seen, source)), data)
+
+
+def merge_sections(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied: nested mappings merged, anything else replaced."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def shipped_sweep_names() -> list[str]:

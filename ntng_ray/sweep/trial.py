@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from ntng_ray.config import RunConfig, TrackingConfig
-from ntng_ray.sweep.plan import trial_config
+from ntng_ray.sweep.plan import trial_config, trial_output_dir
 from ntng_ray.sweep.spec import SweepSpec
 from ntng_ray.sweep.stoppers import BUDGET, FINAL, RST, TRAIN_LOSS, VAL_LOSS
 from ntng_ray.sweep.tracking import LAUNCH_TAG, OUTCOME_TAG, SweepTracker, child_tags
@@ -94,7 +94,7 @@ def run_trial(config: dict[str, Any], stage: dict[str, Any]) -> None:
             trial["params"],
             stage["budget"],
             trial["seed"],
-            Path(stage["root"]) / "trials" / stage["key"] / trial_id,
+            trial_output_dir(Path(stage["root"]), stage["key"], trial_id),
             f"{spec.name}-{stage['key']}-{trial['strategy']}-s{trial['seed']}-{trial_id}",
             stage["fixed"].get(trial["strategy"]),
         )
