@@ -371,6 +371,9 @@ def _run_final(
             {"strategy": name, "seed": seed, "params": tuned["best"]["params"]}
             for seed in spec.final_seeds()
         ]
+    if not cases:
+        print("no strategy has a completed tuning trial: no final runs", flush=True)
+        return {"rst_seconds": 0.0, "outcomes": {}, "checkpoints": []}
     context = _stage_context(spec, base, stage, "final", tracker)
     trainable = _trainable(spec, base, context)
 
@@ -416,6 +419,9 @@ def _run_downstream(
 
     final = state.done(Stage("final", stage.budget).key) or {}
     cases = finetune_cases(final.get("checkpoints", []), spec.downstream)
+    if not cases:
+        print("no completed final checkpoint to fine-tune", flush=True)
+        return {"rst_seconds": 0.0, "outcomes": {}, "averages": {}}
     context = {
         "spec_name": spec.name,
         "budget": stage.budget,

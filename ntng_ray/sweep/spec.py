@@ -170,9 +170,13 @@ class DownstreamStage(Section):
     @field_validator("data_dir")
     @classmethod
     def _existing_folder(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).expanduser().is_dir():
+        """Made absolute: trials validate the sweep again from their own working folders."""
+        if value is None:
+            return None
+        path = Path(value).expanduser().resolve()
+        if not path.is_dir():
             raise ValueError(f"{value!r} is not a folder")
-        return value
+        return str(path)
 
 
 class SweepSpec(Section):
