@@ -269,6 +269,22 @@ def _fit(spec: SweepSpec, stage: Stage, trainable: Any, make_tuner: Any) -> tune
     return tuner.fit()
 
 
+def _fit_cases(
+    spec: SweepSpec, stage: Stage, trainable: Any, cases: list[dict[str, Any]]
+) -> tune.ResultGrid:
+    """A stage whose trials are a fixed list (finals, fine-tuning): one trial per case."""
+
+    def make_tuner() -> Tuner:
+        return Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(cases)},
+            tune_config=TuneConfig(max_concurrent_trials=spec.resources.max_concurrent),
+            run_config=_run_config(spec, stage),
+        )
+
+    return _fit(spec, stage, trainable, make_tuner)
+
+
 def _searcher(spec: SweepSpec) -> Any:
     searcher = spec.search.searcher
     if searcher == "optuna":
@@ -376,16 +392,7 @@ def _run_final(
         return {"rst_seconds": 0.0, "outcomes": {}, "checkpoints": []}
     context = _stage_context(spec, base, stage, "final", tracker)
     trainable = _trainable(spec, base, context)
-
-    def make_tuner() -> Tuner:
-        return Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search(cases)},
-            tune_config=TuneConfig(max_concurrent_trials=spec.resources.max_concurrent),
-            run_config=_run_config(spec, stage),
-        )
-
-    grid_result = _fit(spec, stage, trainable, make_tuner)
+    grid_result = _fit_cases(spec, stage, trainable, cases)
     outcomes = _close_trials(spec, grid_result, tracker)
     checkpoints = [
         {
@@ -438,16 +445,7 @@ def _run_downstream(
     trainable = tune.with_resources(
         tune.with_parameters(run_finetune_trial, stage=context), resources
     )
-
-    def make_tuner() -> Tuner:
-        return Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search(cases)},
-            tune_config=TuneConfig(max_concurrent_trials=spec.resources.max_concurrent),
-            run_config=_run_config(spec, stage),
-        )
-
-    grid_result = _fit(spec, stage, trainable, make_tuner)
+    grid_result = _fit_cases(spec, stage, trainable, cases)
     outcomes = _close_trials(spec, grid_result, tracker)
     done = [
         (r.config["trial"], Path(context["root"]) / "downstream" / stage.key / tid)
