@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from ntng_ray.config import load_config
+from ntng_ray.engines.device import pick_device
 from ntng_ray.models.builders import TokenIds, build_model
-from ntng_ray.train.plan import plan_run, prepare_device
+from ntng_ray.train.plan import plan_run
 from ntng_ray.train.run import pretrain
 
 COMMON = ["tracking.enabled=true", "eval.points=[]", "train.log_every=5"]
@@ -38,7 +39,7 @@ def bare_torch_step_seconds(steps: int) -> float:
     """Median step time of a plain loop over the project's data: the floor for (b) and (c)."""
     cfg = load_config("bert-tiny-synthetic", [f"output_dir={tempfile.mkdtemp()}/unused"])
     plan = plan_run(cfg)
-    prepare_device("cpu")
+    pick_device("cpu")
     tok = plan.data.tokenizer
     model = build_model(cfg.preset, cfg.vocab_size, TokenIds(tok.pad_id, tok.eos_id), cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

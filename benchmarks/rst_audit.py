@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ntng_ray.config import RunConfig, load_config
-from ntng_ray.rst.calibrate import calibrate
+from ntng_ray.preparation.calibrate import calibrate
 from ntng_ray.rst.table import validate_table, write_table
 from ntng_ray.strategies import strategy_class, strategy_names
 from ntng_ray.strategies.rho_loss import prepare_irreducible_losses

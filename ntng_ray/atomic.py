@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -29,3 +33,24 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def hidden_sibling(target: Path, suffix: str) -> Path:
+    """A unique hidden name beside ``target``, for a folder on its way in or out."""
+    return target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.{suffix}"
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the finished folder ``staging`` at ``target``, replacing an old one only once the new
+    one is whole, so readers see the old folder or the new one, never a mix."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = hidden_sibling(target, "old")
+    target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old)

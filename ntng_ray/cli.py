@@ -51,16 +51,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         from ntng_ray.sweep.plan import base_mapping, check_trial_configs, format_plan
 
-        check_trial_configs(spec, base_mapping(spec))
-        print(format_plan(spec))
+        base = base_mapping(spec)
+        check_trial_configs(spec, base)
+        print(format_plan(spec, base))
         return 0
     from ntng_ray.sweep.runner import run_sweep
 
     summary = run_sweep(spec, resume=args.resume, report_dir=args.out)
     print(
         f"sweep {summary['name']!r} done in {summary['wall_seconds']:.0f} s: "
-        f"{summary['sweep_rst_seconds']:.1f} RST s spent in all (IL models "
-        f"{summary['rho_il_rst_seconds']:.1f}); folder {summary['root']}"
+        f"{summary['sweep_rst_seconds']:.1f} RST s spent in all (strategies' preparation "
+        f"{summary['preparation_rst_seconds']:.1f}); folder {summary['root']}"
     )
     if "report" in summary:
         print(summary["report"])
@@ -80,7 +81,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from ntng_ray.models.presets import PRESETS
+    from ntng_ray.config.presets import PRESETS
 
     for preset in PRESETS.values():
         print(
@@ -132,7 +133,7 @@ def _cmd_rst_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from ntng_ray.rst.calibrate import calibrate
+    from ntng_ray.preparation.calibrate import calibrate
     from ntng_ray.rst.table import validate_table, write_table
 
     table = calibrate(
@@ -161,7 +162,7 @@ def _cmd_prebuild_ops(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ntng_ray.train.deepspeed_engine import prebuild_ops
+    from ntng_ray.engines.deepspeed_engine import prebuild_ops
 
     started = time.perf_counter()
     built = prebuild_ops(torch.device(args.device))
@@ -170,10 +171,19 @@ def _cmd_prebuild_ops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_rho_prepare(args: argparse.Namespace) -> int:
-    from ntng_ray.strategies.rho_loss import run_rho_prepare
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from ntng_ray.preparation.strategy import run_prepare_cli
 
-    return run_rho_prepare(args.config, args.overrides)
+    return run_prepare_cli(args.config, args.overrides)
+
+
+def _cmd_named_prepare(args: argparse.Namespace) -> int:
+    """A command a strategy's preparation names for itself (``rho-prepare``)."""
+    from ntng_ray.preparation.strategy import run_prepare_cli
+    from ntng_ray.strategies import strategy_preparing_for
+
+    command = args.command
+    return run_prepare_cli(args.config, args.overrides, command, strategy_preparing_for(command))
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -330,6 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--name", help="table name (default: calibrated-<preset>)")
     calibrate.set_defaults(func=_cmd_calibrate)
 
+    prepare = sub.add_parser(
+        "prepare",
+        help="run the preparation a strategy needs before it trains (e.g. RHO-loss's IL model)",
+        description=(
+            "Run the work the config's strategy needs before training (for rho_loss: train an "
+            "irreducible-loss model and store its per-example losses) into output_dir, and print "
+            "the strategy setting that hands the folder to training runs. Its RST is reported "
+            "apart from any run's budget."
+        ),
+        epilog=(
+            "Example: ntng prepare bert-tiny-synthetic strategy.name=rho_loss output_dir=il/bert"
+        ),
+    )
+    _add_config_arguments(prepare)
+    prepare.set_defaults(func=_cmd_prepare)
+
     rho = sub.add_parser(
         "rho-prepare",
         help="train RHO-loss's irreducible-loss model and store its per-example losses",
@@ -343,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: ntng rho-prepare bert-tiny-synthetic output_dir=il/bert",
     )
     _add_config_arguments(rho)
-    rho.set_defaults(func=_cmd_rho_prepare)
+    rho.set_defaults(func=_cmd_named_prepare)
 
     finetune = sub.add_parser(
         "finetune",

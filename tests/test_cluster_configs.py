@@ -16,11 +16,7 @@ from typing import Any
 import pytest
 import ray
 import yaml
-from mlflow.cli import server as mlflow_server_command
-from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
-
-import ntng_ray
-from ntng_ray.cluster_schema import (
+from cluster_schema import (
     CrdValidators,
     check_launcher_config,
     check_no_credentials,
@@ -29,6 +25,10 @@ from ntng_ray.cluster_schema import (
     load_documents,
     strict_schema,
 )
+from mlflow.cli import server as mlflow_server_command
+from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
+
+import ntng_ray
 from ntng_ray.errors import NtngError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,19 +19,19 @@ import torch.distributed as dist
 from torch import nn
 
 from ntng_ray.config import RunConfig
-from ntng_ray.errors import NtngError
-from ntng_ray.models.builders import TokenIds, build_model
-from ntng_ray.models.presets import PRESETS
-from ntng_ray.train.deepspeed_engine import DeepSpeedEngine, deepspeed_config
-from ntng_ray.train.dist_env import (
+from ntng_ray.config.presets import PRESETS
+from ntng_ray.engines.deepspeed_engine import DeepSpeedEngine, deepspeed_config
+from ntng_ray.engines.dist_env import (
     DISTRIBUTED_VARIABLES,
     ensure_deepspeed_accelerator,
     ensure_single_process_env,
     free_port,
 )
-from ntng_ray.train.engine import Engine, TorchEngine
-from ntng_ray.train.engine_factory import build_engine, data_parallel, engine_kind
-from ntng_ray.train.optim import build_optimizer
+from ntng_ray.engines.engine import Engine, TorchEngine
+from ntng_ray.engines.factory import build_engine, data_parallel, engine_kind
+from ntng_ray.engines.optimizers import build_optimizer
+from ntng_ray.errors import NtngError
+from ntng_ray.models.builders import TokenIds, build_model
 
 CPU = torch.device("cpu")
 VOCAB = 512

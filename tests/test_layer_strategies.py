@@ -16,6 +16,8 @@ from fast import SMALL_DATA
 from torch import nn
 
 from ntng_ray.config import RunConfig, load_config
+from ntng_ray.engines.engine import Engine
+from ntng_ray.engines.factory import build_engine
 from ntng_ray.errors import NtngError
 from ntng_ray.models.active_layers import layer_stacks
 from ntng_ray.models.builders import TokenIds, build_model
@@ -24,8 +26,6 @@ from ntng_ray.rst.table import load_table
 from ntng_ray.strategies import StrategyContext, build_strategy
 from ntng_ray.strategies.layer_dropping import drop_probabilities, keep_level
 from ntng_ray.strategies.layer_stacking import LayerStacking, block_pairs
-from ntng_ray.train.engine import Engine
-from ntng_ray.train.engine_factory import build_engine
 from ntng_ray.train.loop import build_run
 from ntng_ray.train.plan import plan_run
 from ntng_ray.train.run import pretrain

@@ -8,9 +8,9 @@ import pytest
 import torch
 import transformers
 
+from ntng_ray.config.presets import PRESETS
 from ntng_ray.models.active_layers import active_layers, num_layers, set_active_layers
 from ntng_ray.models.builders import TokenIds, build_model
-from ntng_ray.models.presets import PRESETS
 
 VOCAB = 512
 

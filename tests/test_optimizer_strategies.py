@@ -15,9 +15,8 @@ from torch import nn
 
 import ntng_ray.strategies.sophia as sophia_module
 from ntng_ray.config import load_config
-from ntng_ray.errors import NtngError
-from ntng_ray.optimizers import (
-    STUDY_SETTINGS,
+from ntng_ray.engines.dist_env import free_port
+from ntng_ray.engines.optimizers import (
     GradientSums,
     SophiaG,
     build_lion,
@@ -26,11 +25,12 @@ from ntng_ray.optimizers import (
     gnb_gradient_sums,
     sample_labels,
 )
+from ntng_ray.errors import NtngError
 from ntng_ray.rst.clock import HESSIAN, step_cost
 from ntng_ray.rst.table import load_table, validate_table
 from ntng_ray.strategies import StrategyContext, build_strategy
+from ntng_ray.strategies.optimizer_method import STUDY_SETTINGS
 from ntng_ray.strategies.sophia import check_engine
-from ntng_ray.train.dist_env import free_port
 
 FAST = [
     *SMALL_DATA,
@@ -323,7 +323,7 @@ def test_engine_whose_optimizer_holds_flat_copies_is_refused() -> None:
 
 
 def test_calibrated_table_prices_every_optimizer_and_the_hessian() -> None:
-    from ntng_ray.rst.calibrate import calibrate
+    from ntng_ray.preparation.calibrate import calibrate
 
     table = calibrate("bert-tiny", microbatch=16, repeats=3, warmup=1)
     assert set(table.optimizer_step_seconds) == {"adamw", "lion", "sophia"}

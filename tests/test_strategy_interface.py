@@ -14,12 +14,12 @@ from fast import SMALL_DATA
 
 from ntng_ray.cli import main
 from ntng_ray.config import load_config
+from ntng_ray.engines.engine import Engine
 from ntng_ray.errors import NtngError
 from ntng_ray.rst.clock import FORWARD, forward_cost
 from ntng_ray.rst.table import load_table
 from ntng_ray.strategies import register, strategy_names
 from ntng_ray.strategies.base import Candidates, Cost, Examples, Strategy, StrategyParams
-from ntng_ray.train.engine import Engine
 
 FAST = [
     *SMALL_DATA,

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ntng_ray.config import DataConfig, RunConfig
+from ntng_ray.config.presets import Family
 from ntng_ray.data.collators import MLMCollator, SpanCorruptionCollator
 from ntng_ray.data.packing import compute_t5_lengths, pack_corpus, split_sequences
 from ntng_ray.data.sources import load_corpus
 from ntng_ray.data.tokenizer import TokenizerInfo, get_tokenizer
-from ntng_ray.models.presets import Family
 
 
 @dataclass

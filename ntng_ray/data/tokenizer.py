@@ -29,8 +29,8 @@ from tokenizers import (
 )
 
 from ntng_ray.atomic import write_atomic
+from ntng_ray.config.presets import Family
 from ntng_ray.errors import NtngError
-from ntng_ray.models.presets import Family
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")

@@ -14,9 +14,9 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from ntng_ray.config.presets import Family
 from ntng_ray.errors import NtngError
-from ntng_ray.models.presets import Family
-from ntng_ray.train.run import MODEL_FOLDER
+from ntng_ray.models.export import MODEL_FOLDER
 
 MODEL_INFO = "ntng_model.json"
 TOKENIZER = "tokenizer.json"

@@ -20,16 +20,17 @@ from typing import Any
 import datasets
 import torch
 
+from ntng_ray.atomic import write_json_atomic
 from ntng_ray.downstream.checkpoint import Pretrained, load_pretrained
 from ntng_ray.downstream.encoding import TaskModel, batched, to_device
 from ntng_ray.downstream.loaders import GROUP, LABEL, check_local_files, load_split
 from ntng_ray.downstream.metrics import suite_average, task_metrics, task_score
 from ntng_ray.downstream.settings import FinetuneSettings, load_settings
 from ntng_ray.downstream.tasks import EXCLUDED_FROM_AVERAGE, TaskSpec, check_suite, resolve_tasks
+from ntng_ray.engines.device import pick_device
+from ntng_ray.engines.optimizers import parameter_groups
 from ntng_ray.errors import NtngError
 from ntng_ray.schedules import warmup_cosine
-from ntng_ray.train.optim import parameter_groups
-from ntng_ray.train.outputs import write_json_atomic
 
 SCORES = "scores.json"
 # The evaluation subset (max_eval_examples) is drawn with a fixed seed, so that every
@@ -57,7 +58,7 @@ def finetune_suite(
     name = check_suite(suite)
     specs = resolve_tasks(name, tasks)
     settings = settings.for_suite(name)
-    device = _device(settings)
+    device = pick_device(settings.device, "device")
     pretrained = load_pretrained(Path(checkpoint))
     if data_dir is not None:
         for spec in specs:
@@ -86,14 +87,6 @@ def finetune_suite(
         scores["t5_mode"] = MODE
     write_json_atomic(Path(output_dir) / SCORES, scores)
     return scores
-
-
-def _device(settings: FinetuneSettings) -> torch.device:
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise NtngError("device = 'cuda' but torch sees no GPU here; allowed: auto, cpu")
-    if settings.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(settings.device)
 
 
 def _task_model(pretrained: Pretrained, spec: TaskSpec, settings: FinetuneSettings) -> TaskModel:

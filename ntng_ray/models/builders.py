@@ -10,8 +10,8 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM, T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import MaskedLMOutput
 
+from ntng_ray.config.presets import Preset
 from ntng_ray.models.active_layers import layer_stacks
-from ntng_ray.models.presets import Preset
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ntng_ray.atomic import write_text_atomic
+from ntng_ray.config.presets import PRESETS
 from ntng_ray.errors import NtngError
-from ntng_ray.models.presets import PRESETS
 
 SCHEMA_VERSION = 1
 SHIPPED_PACKAGE = "ntng_ray.rst"

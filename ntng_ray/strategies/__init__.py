@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
-from ntng_ray.config import RunConfig
+from ntng_ray.config import RunConfig, StrategyConfig
+from ntng_ray.engines.factory import optimizer_access_refusal
 from ntng_ray.errors import NtngError
-from ntng_ray.strategies.base import Strategy, StrategyContext, StrategyParams
+from ntng_ray.strategies.base import Preparation, Strategy, StrategyContext, StrategyParams
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 _DISCOVERED = False
-_INFRASTRUCTURE = {"base", "scoring"}
+_INFRASTRUCTURE = {"base", "scoring", "optimizer_method"}
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
@@ -54,6 +57,15 @@ def strategy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def strategy_preparing_for(command: str) -> str:
+    """The strategy whose preparation names ``command`` as its own (``rho-prepare``)."""
+    _discover()
+    for name, cls in sorted(_REGISTRY.items()):
+        if cls.preparation is not None and cls.preparation.command == command:
+            return name
+    raise ValueError(f"no strategy's preparation is run by {command!r}")
+
+
 def strategy_class(name: str) -> type[Strategy]:
     _discover()
     try:
@@ -62,12 +74,28 @@ def strategy_class(name: str) -> type[Strategy]:
         raise ValueError(f"unknown strategy; allowed: {', '.join(sorted(_REGISTRY))}") from None
 
 
+@dataclass(frozen=True)
+class ResolvedStrategy:
+    """A run's strategy class with its parameters, validated once and carried on the run plan."""
+
+    cls: type[Strategy]
+    params: StrategyParams
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    def params_json(self) -> dict[str, Any]:
+        """The parameters as validation resolved them (e.g. RHO-loss's il_dir made absolute)."""
+        return self.params.model_dump(mode="json")
+
+
 def parse_params(name: str, values: dict) -> StrategyParams:
     """Validate ``strategy.<param>`` values for strategy ``name``; errors name each field."""
     try:
         cls = strategy_class(name)
     except ValueError as exc:
-        raise ValueError(f"strategy.name = {name!r}: {exc}") from None
+        raise NtngError(f"strategy.name = {name!r}: {exc}") from None
     try:
         return cls.Params.model_validate(values)
     except ValidationError as exc:
@@ -82,25 +110,56 @@ def parse_params(name: str, values: dict) -> StrategyParams:
             )
             shown = "" if err["type"] == "missing" else f" = {err.get('input')!r}"
             problems.append(f"strategy.{field}{shown}: {detail}")
-        raise ValueError("; ".join(problems)) from None
+        raise NtngError("invalid strategy parameters:\n  " + "\n  ".join(problems)) from None
 
 
-def check_strategy_supported(cfg: RunConfig) -> None:
-    """Refuse, before any work, a strategy that cannot run with this engine, precision or model."""
+def resolve_strategy(cfg: RunConfig) -> ResolvedStrategy:
+    """The config's strategy and its validated parameters (NtngError naming each bad field)."""
+    params = parse_params(cfg.strategy.name, cfg.strategy.param_values())
+    return ResolvedStrategy(strategy_class(cfg.strategy.name), params)
+
+
+def with_resolved_params(cfg: RunConfig, strategy: ResolvedStrategy) -> RunConfig:
+    """``cfg`` with its strategy section holding the resolved parameters, for other processes
+    (Ray workers re-validate the config where relative paths mean something else)."""
+    section = {"name": strategy.name, **strategy.params_json()}
+    return cfg.model_copy(update={"strategy": StrategyConfig.model_validate(section)})
+
+
+def check_strategy_supported(cfg: RunConfig, strategy: ResolvedStrategy, engine: str) -> None:
+    """Refuse, before any work, a strategy that cannot run with this model, precision or engine.
+
+    The strategy's declared facts are checked here, once: its model families, its precisions,
+    and what it needs of the optimizer under the resolved ``engine``; then its own checks.
+    """
+    cls, family = strategy.cls, cfg.preset.family
+    if family not in cls.families:
+        raise NtngError(
+            f"strategy.name = {cls.name!r} runs on {', '.join(sorted(cls.families))} models; "
+            f"model.preset = {cfg.model.preset!r} is {family}"
+        )
+    if cfg.train.precision not in cls.precisions:
+        raise NtngError(
+            f"train.precision = {cfg.train.precision!r}: strategy {cls.name} runs in "
+            f"{' or '.join(sorted(cls.precisions))} only{cls.precision_note}"
+        )
+    refusal = optimizer_access_refusal(engine, cfg, cls.optimizer_access)
+    if refusal is not None:
+        raise NtngError(f"strategy.name = {cls.name!r}: {refusal}")
     try:
-        strategy_class(cfg.strategy.name).check_supported(cfg, cfg.strategy.params())
+        cls.check_supported(cfg, strategy.params)
     except ValueError as exc:
         raise NtngError(str(exc)) from None
 
 
-def build_strategy(context: StrategyContext) -> Strategy:
-    """The run's strategy, checked against the run's engine, precision and model."""
-    cfg = context.cfg
-    check_strategy_supported(cfg)
-    return strategy_class(cfg.strategy.name)(cfg.strategy.params(), context)
+def build_strategy(context: StrategyContext, strategy: ResolvedStrategy) -> Strategy:
+    """The run's strategy object (its support was checked when the run was planned)."""
+    return strategy.cls(strategy.params, context)
 
 
 __all__ = [
+    "Preparation",
+    "ResolvedStrategy",
     "Strategy",
     "StrategyContext",
     "StrategyParams",
@@ -108,6 +167,9 @@ __all__ = [
     "check_strategy_supported",
     "parse_params",
     "register",
+    "resolve_strategy",
     "strategy_class",
     "strategy_names",
+    "strategy_preparing_for",
+    "with_resolved_params",
 ]

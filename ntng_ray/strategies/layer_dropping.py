@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from ntng_ray.engines.engine import Engine
 from ntng_ray.strategies.base import (
     Candidates,
     Cost,
@@ -46,7 +47,6 @@ from ntng_ray.strategies.base import (
     StrategyContext,
     StrategyParams,
 )
-from ntng_ray.train.engine import Engine
 
 # gamma_f the study used, by model family (DESIGN.md §2).
 STUDY_GAMMA_F = {"bert": 100.0, "t5": 20.0}
@@ -85,6 +85,7 @@ def draw_active(probabilities: np.ndarray, seed: int, step: int) -> tuple[int, .
 class LayerDropping(Strategy):
     name = "layer_dropping"
     Params = LayerDroppingParams
+    changes_depth = True
 
     def __init__(self, params: LayerDroppingParams, context: StrategyContext) -> None:
         super().__init__(params, context)

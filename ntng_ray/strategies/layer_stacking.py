@@ -37,16 +37,14 @@ from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, field_validator
 from torch import nn
 
 from ntng_ray.config import RunConfig
+from ntng_ray.engines.engine import Engine
 from ntng_ray.errors import NtngError
 from ntng_ray.models.active_layers import layer_stacks
 from ntng_ray.strategies.base import Strategy, StrategyContext, StrategyParams
-from ntng_ray.train.engine import Engine
-from ntng_ray.train.engine_factory import engine_kind
 
 
 class LayerStackingParams(StrategyParams):
@@ -100,21 +98,6 @@ def check_growth_plan(params: LayerStackingParams, cfg: RunConfig) -> None:
         )
 
 
-def check_state_reachable(cfg: RunConfig) -> None:
-    """Refuse DeepSpeed ZeRO 0 with bf16/fp16, where per-parameter optimizer state is hidden."""
-    if cfg.train.precision == "fp32" or cfg.backend.zero_stage != 0:
-        return
-    gpu = cfg.backend.use_gpu or cfg.train.device == "cuda"
-    gpu = gpu or (cfg.train.device == "auto" and torch.cuda.is_available())
-    if engine_kind(cfg, torch.device("cuda" if gpu else "cpu")) == "deepspeed":
-        raise NtngError(
-            f"strategy.name = 'layer_stacking' copies and resets optimizer state per parameter, "
-            f"which DeepSpeed keeps out of reach at backend.zero_stage = 0 with train.precision = "
-            f"{cfg.train.precision!r}; use backend.zero_stage = 1 or 2, train.precision = 'fp32', "
-            f"or backend.engine = 'torch'"
-        )
-
-
 def block_pairs(model: nn.Module, depth: int) -> Iterator[tuple[nn.Parameter, nn.Parameter]]:
     """(source, target) for every parameter of blocks i -> i + depth, i < depth, in every stack.
 
@@ -131,6 +114,8 @@ def block_pairs(model: nn.Module, depth: int) -> Iterator[tuple[nn.Parameter, nn
 class LayerStacking(Strategy):
     name = "layer_stacking"
     Params = LayerStackingParams
+    changes_depth = True
+    optimizer_access = "state"
 
     def __init__(self, params: LayerStackingParams, context: StrategyContext) -> None:
         super().__init__(params, context)
@@ -142,7 +127,6 @@ class LayerStacking(Strategy):
     @classmethod
     def check_supported(cls, cfg: RunConfig, params: LayerStackingParams) -> None:
         check_growth_plan(params, cfg)
-        check_state_reachable(cfg)
 
     def active_layers(self, progress: float, step: int) -> int:
         return self.depth

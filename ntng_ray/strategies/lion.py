@@ -26,8 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ntng_ray.optimizers import LION_BETAS, Betas, OptimizerMethod, build_lion
+from ntng_ray.config import Betas
+from ntng_ray.engines.optimizers import LION_BETAS, build_lion
 from ntng_ray.strategies.base import StrategyParams
+from ntng_ray.strategies.optimizer_method import OptimizerMethod
 
 
 class LionParams(StrategyParams):
@@ -37,6 +39,7 @@ class LionParams(StrategyParams):
 class LionStrategy(OptimizerMethod):
     name = "lion"
     optimizer_label = "Lion"
+    brings_optimizer = "lion"
     Params = LionParams
 
     def make_optimizer(

@@ -40,24 +40,29 @@ on storage all nodes see). Nothing is refused beyond a missing or mismatched ``i
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from ntng_ray.config import RunConfig, load_config, validate_mapping
+from ntng_ray.atomic import write_json_atomic
+from ntng_ray.config import RunConfig, validate_mapping
+from ntng_ray.data.prepare import PreparedData, prepare_data
+from ntng_ray.engines.device import pick_device
+from ntng_ray.engines.engine import Engine
 from ntng_ray.errors import NtngError
+from ntng_ray.models.export import MODEL_FOLDER, load_exported_model
 from ntng_ray.rst.clock import forward_cost
+from ntng_ray.rst.table import resolve_table
 from ntng_ray.strategies.base import (
     Candidates,
     Cost,
     Examples,
+    Preparation,
     Strategy,
     StrategyContext,
     StrategyParams,
@@ -70,10 +75,6 @@ from ntng_ray.strategies.scoring import (
     scoring_cost,
     scoring_note,
 )
-from ntng_ray.train.engine import Engine
-
-if TYPE_CHECKING:
-    from ntng_ray.data.prepare import PreparedData
 
 METADATA_FILE = "metadata.json"
 VALUES_FILE = "irreducible_losses.npz"
@@ -141,8 +142,6 @@ def run_data(context: StrategyContext) -> PreparedData:
     """The run's prepared data: the loop's (``extras["data"]``), else loaded from the cache."""
     if "data" in context.extras:
         return context.extras["data"]
-    from ntng_ray.data.prepare import prepare_data
-
     return prepare_data(context.cfg)
 
 
@@ -242,12 +241,77 @@ class RhoILModel(Strategy):
         return il_split(train_ids, self.params.il_fraction, self.context.cfg.data.split_seed)
 
 
+class RhoPreparation(Preparation):
+    """The IL model (the baseline recipe on the IL split, under its own budget), then each
+    remaining training row's loss under it, stored with what the values depend on."""
+
+    label = "irreducible-loss model"
+    folder_setting = "il_dir"
+    command = "rho-prepare"
+    params: RhoParams
+
+    def budget_rst_seconds(self) -> float:
+        chosen = self.params.il_budget_rst_seconds
+        return self.cfg.budget.seconds if chosen is None else chosen
+
+    def run_config(self, folder: Path) -> RunConfig:
+        """The run turned into the IL model's run: same recipe, IL split only, its own budget."""
+        cfg = self.cfg
+        data = cfg.model_dump(mode="json") | {
+            "name": f"{cfg.name}-il-model",
+            "output_dir": str(folder / IL_MODEL_FOLDER),
+            "overwrite": False,
+            "strategy": {"name": RhoILModel.name, "il_fraction": self.params.il_fraction},
+            "budget": {"rst_seconds": self.budget_rst_seconds()},
+        }
+        return validate_mapping(data, RunConfig, "the IL model's config")
+
+    def finish(self, run_cfg: RunConfig, summary: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """Score every training row outside the IL split; store the values and the metadata."""
+        cfg, fraction = self.cfg, self.params.il_fraction
+        data = prepare_data(run_cfg)
+        table = resolve_table(cfg.rst.table, cfg.model.preset, cfg.rst.allow_invalid_table)[0]
+        il_ids = il_split(data.train_ids, fraction, cfg.data.split_seed)
+        ids = np.setdiff1d(data.train_ids, il_ids, assume_unique=True)
+        model = load_exported_model(folder / IL_MODEL_FOLDER / MODEL_FOLDER, data.family)
+        losses = irreducible_losses(model, cfg, data, ids)
+        scoring = forward_cost(table, cfg.preset.num_layers, len(ids))
+        total = summary["rst_seconds"] + scoring
+        metadata = {
+            "schema_version": SCHEMA_VERSION,
+            "identity": il_identity(cfg, data, fraction),
+            "il_split_rows": len(il_ids),
+            "scored_rows": len(ids),
+            "il_mask": IL_MASK_NOTE,
+            "il_model_budget_rst_seconds": run_cfg.budget.seconds,
+            "il_model_rst_seconds": summary["rst_seconds"],
+            "il_scoring_rst_seconds": scoring,
+            "rho_il_rst_seconds": total,
+            "preparation_rst_seconds": total,
+            "reference_table": {"id": table.table_id, "sha256": table.content_hash},
+            "il_model_summary": summary,
+        }
+        np.savez(folder / VALUES_FILE, ids=ids, losses=losses.astype(np.float32), il_ids=il_ids)
+        write_json_atomic(folder / METADATA_FILE, metadata)
+        return metadata
+
+    def describe(self, metadata: dict[str, Any], folder: Path) -> str:
+        return (
+            f"wrote IL values for {metadata['scored_rows']} training rows to {folder} (IL split "
+            f"{metadata['il_split_rows']} rows; IL model {metadata['il_model_rst_seconds']:.2f} "
+            f"RST s, validation loss "
+            f"{metadata['il_model_summary']['final_validation_loss']:.4f}; with the IL forwards "
+            f"{metadata['rho_il_rst_seconds']:.2f} RST s, reported apart from the run's budget)"
+        )
+
+
 class RhoLoss(Strategy):
     """RHO-loss; the module docstring is its card."""
 
     name = "rho_loss"
     Params = RhoParams
     params: RhoParams
+    preparation = RhoPreparation
 
     def __init__(self, params: RhoParams, context: StrategyContext) -> None:
         super().__init__(params, context)
@@ -329,6 +393,9 @@ class RhoLoss(Strategy):
             "il_mask": meta["il_mask"],
         }
 
+    def preparation_rst_seconds(self) -> float:
+        return self.store.il_rst_seconds
+
     def state_dict(self) -> dict[str, Any]:
         return {"scored": self.scored}
 
@@ -336,44 +403,12 @@ class RhoLoss(Strategy):
         self.scored = int(state["scored"])
 
 
-# --- rho-prepare: the IL model and its values ------------------------------------------------
-
-
-def rho_params(cfg: RunConfig) -> RhoParams:
-    """The config's rho_loss parameters; the defaults when it names another strategy."""
-    return cfg.strategy.params() if cfg.strategy.name == RhoLoss.name else RhoParams()
-
-
-def il_model_config(cfg: RunConfig, folder: Path, budget: float | None) -> RunConfig:
-    """``cfg`` turned into the IL model's run: same recipe, IL split only, its own budget."""
-    data = cfg.model_dump(mode="json") | {
-        "name": f"{cfg.name}-il-model",
-        "output_dir": str(folder),
-        "overwrite": False,
-        "strategy": {"name": RhoILModel.name, "il_fraction": rho_params(cfg).il_fraction},
-        "budget": {"rst_seconds": cfg.budget.seconds if budget is None else budget},
-    }
-    return validate_mapping(data, RunConfig, "the IL model's config")
-
-
-def load_trained_model(folder: Path, family: str) -> nn.Module:
-    """A model a run exported (``model/``), in eval mode."""
-    from transformers import T5ForConditionalGeneration
-
-    from ntng_ray.models.builders import SparseBertForMaskedLM
-
-    cls = SparseBertForMaskedLM if family == "bert" else T5ForConditionalGeneration
-    return cls.from_pretrained(folder).eval()
-
-
 @torch.no_grad()
 def irreducible_losses(
     model: nn.Module, cfg: RunConfig, data: PreparedData, ids: np.ndarray
 ) -> np.ndarray:
     """Each row's mean token loss under ``model``, with one fixed, seeded mask per row."""
-    from ntng_ray.train.plan import prepare_device
-
-    device = prepare_device(cfg.train.device)
+    device = pick_device(cfg.train.device)
     model.to(device)
     collator = data.collator()
     generator = torch.Generator().manual_seed(derived_seed(cfg.data.split_seed, IL_MASK_STREAM))
@@ -387,96 +422,3 @@ def irreducible_losses(
             output = model(**batch)
         parts.append(example_losses(output.logits, batch["labels"]))
     return torch.cat(parts).numpy()
-
-
-def _prepare_into(folder: Path, cfg: RunConfig, il_budget: float | None) -> dict[str, Any]:
-    """Train the IL model into ``folder``/il_model, then store its values and metadata."""
-    from ntng_ray.train.plan import plan_run
-    from ntng_ray.train.run import MODEL_FOLDER, pretrain
-
-    il_cfg = il_model_config(cfg, folder / IL_MODEL_FOLDER, il_budget)
-    summary = pretrain(il_cfg)
-    plan = plan_run(il_cfg, check_output_dir=False)
-    fraction = rho_params(cfg).il_fraction
-    il_ids = il_split(plan.data.train_ids, fraction, cfg.data.split_seed)
-    ids = np.setdiff1d(plan.data.train_ids, il_ids, assume_unique=True)
-    model = load_trained_model(folder / IL_MODEL_FOLDER / MODEL_FOLDER, plan.data.family)
-    losses = irreducible_losses(model, cfg, plan.data, ids)
-    scoring = forward_cost(plan.table, cfg.preset.num_layers, len(ids))
-    metadata = {
-        "schema_version": SCHEMA_VERSION,
-        "identity": il_identity(cfg, plan.data, fraction),
-        "il_split_rows": len(il_ids),
-        "scored_rows": len(ids),
-        "il_mask": IL_MASK_NOTE,
-        "il_model_budget_rst_seconds": il_cfg.budget.seconds,
-        "il_model_rst_seconds": summary["rst_seconds"],
-        "il_scoring_rst_seconds": scoring,
-        "rho_il_rst_seconds": summary["rst_seconds"] + scoring,
-        "reference_table": {"id": plan.table.table_id, "sha256": plan.table.content_hash},
-        "il_model_summary": summary,
-    }
-    np.savez(folder / VALUES_FILE, ids=ids, losses=losses.astype(np.float32), il_ids=il_ids)
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    return metadata
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Put the finished folder at ``target``, replacing an old one only once this one is whole."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    old = _sibling(target, "old")
-    target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old)
-
-
-def _sibling(target: Path, suffix: str) -> Path:
-    """A unique hidden name beside ``target``, for a folder on its way in or out."""
-    return target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.{suffix}"
-
-
-def prepare_irreducible_losses(
-    cfg: RunConfig, output_dir: Path, il_budget: float | None = None
-) -> dict[str, Any]:
-    """Train the IL model of ``cfg`` and store IL values in ``output_dir``; returns the metadata.
-
-    ``il_budget`` is the IL model's RST budget (default: ``cfg``'s). The folder is written in a
-    temporary folder beside ``output_dir`` and renamed at the end, so it is whole or absent; a
-    non-empty ``output_dir`` is refused unless ``cfg.overwrite``.
-    """
-    from ntng_ray.train.outputs import resolve_output_dir
-
-    target = resolve_output_dir(cfg.model_copy(update={"output_dir": str(output_dir)}))
-    staging = _sibling(target, "tmp")
-    staging.mkdir(parents=True)
-    try:
-        metadata = _prepare_into(staging, cfg, il_budget)
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return metadata
-
-
-def run_rho_prepare(config: str, overrides: list[str]) -> int:
-    """``ntng rho-prepare <config> output_dir=DIR [key=value ...]``: the IL folder for rho_loss."""
-    cfg = load_config(config, [f"strategy.name={RhoLoss.name}", *overrides])
-    if cfg.strategy.name != RhoLoss.name:
-        raise NtngError(
-            f"strategy.name = {cfg.strategy.name!r}: rho-prepare prepares for rho_loss; "
-            "leave strategy.name unset or set it to rho_loss"
-        )
-    if cfg.output_dir is None:
-        raise NtngError("output_dir: rho-prepare needs output_dir=DIR, the IL folder to write")
-    folder = Path(cfg.output_dir)
-    meta = prepare_irreducible_losses(cfg, folder, cfg.strategy.params().il_budget_rst_seconds)
-    print(
-        f"wrote IL values for {meta['scored_rows']} training rows to {folder} (IL split "
-        f"{meta['il_split_rows']} rows; IL model {meta['il_model_rst_seconds']:.2f} RST s, "
-        f"validation loss {meta['il_model_summary']['final_validation_loss']:.4f}; with the IL "
-        f"forwards {meta['rho_il_rst_seconds']:.2f} RST s, reported apart from the run's budget)"
-    )
-    print(f"train with: strategy.name={RhoLoss.name} strategy.il_dir={folder}")
-    return 0

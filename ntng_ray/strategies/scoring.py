@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ntng_ray.engines.engine import Batch, Engine
 from ntng_ray.rst.clock import FORWARD, forward_cost
 from ntng_ray.rst.table import ReferenceTable
 from ntng_ray.strategies.base import Cost, Examples, StrategyParams
-from ntng_ray.train.engine import Batch, Engine
 
 IGNORE = -100  # the label of an unscored position (the collators' and cross_entropy's)
 

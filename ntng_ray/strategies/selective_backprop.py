@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from ntng_ray.engines.engine import Engine
 from ntng_ray.errors import NtngError
 from ntng_ray.strategies.base import Candidates, Cost, Examples, Strategy, StrategyContext
 from ntng_ray.strategies.scoring import (
@@ -45,7 +46,6 @@ from ntng_ray.strategies.scoring import (
     scoring_cost,
     scoring_note,
 )
-from ntng_ray.train.engine import Engine
 
 KEEP_STREAM = 0x5B  # separates the keep draws' seed from other seeded streams of the run
 

@@ -6,7 +6,7 @@ formed on fresh training examples: labels are sampled from the model's own predi
 labelled position, the summed cross-entropy against them is back-propagated, and
 ``h_hat = B * g_hat**2`` (``g_hat`` the mean gradient over the B positions) is folded into an
 EMA ``h``. Each step then moves ``p -= lr * sign(m) * min(|m| / (rho * h + 1e-15), 1)`` with
-decoupled weight decay (``ntng_ray.optimizers.SophiaG``, the official SophiaG's update).
+decoupled weight decay (``ntng_ray.engines.optimizers.SophiaG``, the official SophiaG's update).
 Paper: Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
 Pre-training" (2023); studied in Kaddour et al., "No Train No Gain" (NeurIPS 2023).
 
@@ -23,10 +23,10 @@ its ``name`` is ``adamw``; when it is tuned for another optimizer, the study's s
 
 Refused: fp16 (it diverged in the study); DeepSpeed with ZeRO > 0 or bf16, whose optimizer
 wrappers keep flat copies of the parameters, so a per-parameter Hessian cannot be applied
-(checked from the config, and again on the built engine when ``backend.engine=auto`` picks
-DeepSpeed). Supported: the torch engine in fp32 or bf16 on any number of workers (each worker's
-gradient sums are all-reduced, so every worker holds the same estimate), and DeepSpeed ZeRO 0 in
-fp32.
+(checked when the run is planned, against the engine ``backend.engine`` resolves to, and again
+on the built engine). Supported: the torch engine in fp32 or bf16 on any number of workers
+(each worker's gradient sums are all-reduced, so every worker holds the same estimate), and
+DeepSpeed ZeRO 0 in fp32.
 
 RST: each step at full depth plus the table's ``sophia`` optimizer-step entry; each Hessian
 pass under kind ``hessian``: ``hessian_seconds`` scaled to the sequences used when the table
@@ -44,20 +44,19 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ntng_ray.config import RunConfig
-from ntng_ray.errors import NtngError
-from ntng_ray.optimizers import (
+from ntng_ray.config import Betas
+from ntng_ray.engines.engine import Engine
+from ntng_ray.engines.optimizers import (
     SOPHIA_BETAS,
     SOPHIA_RHO,
-    Betas,
-    OptimizerMethod,
     SophiaG,
     build_sophia,
     gnb_gradient_sums,
 )
+from ntng_ray.errors import NtngError
 from ntng_ray.rst.clock import HESSIAN, TRAIN, hessian_cost, step_cost
 from ntng_ray.strategies.base import Candidates, Cost, StrategyContext, StrategyParams
-from ntng_ray.train.engine import Engine
+from ntng_ray.strategies.optimizer_method import OptimizerMethod
 
 WRAPPED_OPTIMIZER = (
     "the per-parameter Hessian estimate cannot be applied where DeepSpeed's ZeRO or bf16 "
@@ -79,6 +78,10 @@ class SophiaParams(StrategyParams):
 class SophiaStrategy(OptimizerMethod):
     name = "sophia"
     optimizer_label = "Sophia-G"
+    brings_optimizer = "sophia"
+    precisions = frozenset({"fp32", "bf16"})
+    precision_note = " (fp16 diverged in the study)"
+    optimizer_access = "parameters"
     Params = SophiaParams
     params: SophiaParams
 
@@ -91,24 +94,6 @@ class SophiaStrategy(OptimizerMethod):
         self.hessian_rst = 0.0
         self.upcoming_step = 1
         self.engine_checked = False
-
-    @classmethod
-    def check_supported(cls, cfg: RunConfig, params: SophiaParams) -> None:
-        super().check_supported(cfg, params)
-        if cfg.train.precision == "fp16":
-            raise NtngError(
-                "train.precision = 'fp16': strategy sophia runs in bf16 or fp32 only "
-                "(fp16 diverged in the study)"
-            )
-        backend = cfg.backend
-        if backend.engine == "deepspeed" and (
-            backend.zero_stage > 0 or cfg.train.precision != "fp32"
-        ):
-            raise NtngError(
-                f"backend.zero_stage = {backend.zero_stage} with train.precision = "
-                f"{cfg.train.precision!r} under DeepSpeed: strategy sophia refuses it: "
-                + WRAPPED_OPTIMIZER
-            )
 
     def make_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> SophiaG:
         p = self.params

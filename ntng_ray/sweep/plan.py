@@ -1,8 +1,9 @@
 """From a sweep file to stages and trial configs: what runs, in which order, and what it costs.
 
-A sweep runs, per budget, an optional RHO-loss IL stage, one tuning stage per strategy (each its
-own Tune experiment, so every strategy gets its own searcher with the same trial count), then one
-final stage re-running every strategy's best configuration over the final seeds. Every trial's
+A sweep runs, per budget, a preparation stage for each strategy that needs one (RHO-loss's IL
+model), one tuning stage per strategy (each its own Tune experiment, so every strategy gets its own
+searcher with the same trial count), then one final stage re-running every strategy's best
+configuration over the final seeds. Every trial's
 run config is the base config with the sweep's fixed settings, the strategy, the sampled
 parameters, the budget and the seed applied, validated like any run config.
 """
@@ -22,11 +23,12 @@ from ntng_ray.config import (
     set_dotted,
     validate_mapping,
 )
+from ntng_ray.preparation.strategy import preparation_for
+from ntng_ray.strategies import resolve_strategy, strategy_class
 from ntng_ray.sweep.spec import SweepSpec, dotted_items
 from ntng_ray.train.ray_launch import pin_shared_paths
 
-RHO = "rho_loss"
-StageKind = Literal["rho_il", "tune", "final", "downstream"]
+StageKind = Literal["prepare", "tune", "final", "downstream"]
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,23 @@ def stages(spec: SweepSpec) -> list[Stage]:
     """Every stage of the sweep in the order it runs."""
     order: list[Stage] = []
     for budget in sorted(b.seconds for b in spec.budgets):
-        if RHO in spec.strategies:
-            order.append(Stage("rho_il", budget))
+        order += [Stage("prepare", budget, name) for name in prepared_strategies(spec)]
         order += [Stage("tune", budget, name) for name in spec.strategy_order()]
         order.append(Stage("final", budget))
         if spec.downstream:
             order.append(Stage("downstream", budget))
     return order
+
+
+def prepared_strategies(spec: SweepSpec) -> list[str]:
+    """The sweep's strategies that need a preparation before they train, in sweep order."""
+    return [n for n in spec.strategy_order() if strategy_class(n).preparation is not None]
+
+
+def preparation_dir(spec: SweepSpec, budget: float, strategy: str) -> Path:
+    """Where a strategy's preparation for one budget is written (one per budget, shared by its
+    tuning and final trials)."""
+    return sweep_root(spec) / "prepared" / Stage("prepare", budget, strategy).key
 
 
 def trial_output_dir(root: Path, stage_key: str, trial_id: str) -> Path:
@@ -129,7 +141,8 @@ def trial_config(
 ) -> RunConfig:
     """One trial's validated run config: base + strategy settings + sampled params + budget.
 
-    ``fixed`` holds settings the sweep supplies itself, e.g. RHO-loss's IL folder.
+    ``fixed`` holds settings the sweep supplies itself, e.g. a prepared folder. The strategy's
+    parameters are resolved too, so a bad one fails before anything runs.
     """
     data = copy.deepcopy(base)
     data["strategy"] = {"name": strategy}
@@ -140,7 +153,9 @@ def trial_config(
     data["seed"] = seed
     data["output_dir"] = str(output_dir)
     data["name"] = name
-    return validate_mapping(data, RunConfig, f"sweep {spec.name!r}, strategy {strategy!r}")
+    cfg = validate_mapping(data, RunConfig, f"sweep {spec.name!r}, strategy {strategy!r}")
+    resolve_strategy(cfg)
+    return cfg
 
 
 def domain_values(domain: Any) -> list[Any]:
@@ -177,14 +192,34 @@ def tuning_seed(spec: SweepSpec) -> int:
     return spec.final.first_seed
 
 
-def rst_plan(spec: SweepSpec) -> list[dict[str, Any]]:
+def preparation_config(spec: SweepSpec, base: dict[str, Any], stage: Stage) -> RunConfig:
+    """The run config a preparation stage prepares for: the strategy's settings, the budget,
+    the tuning seed (its trials' data order); tracked by nobody (it is no trial)."""
+    assert stage.strategy is not None
+    folder = preparation_dir(spec, stage.budget, stage.strategy)
+    cfg = trial_config(
+        base,
+        spec,
+        stage.strategy,
+        {},
+        stage.budget,
+        tuning_seed(spec),
+        folder,
+        f"{spec.name}-{stage.key}",
+    )
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+
+
+def rst_plan(spec: SweepSpec, base: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of the trial plan: stage, trials and the RST each stage would spend at most."""
     counts = spec.tuning_trials()
     rows = []
     for stage in stages(spec):
-        if stage.kind == "rho_il":
-            il = spec.strategies[RHO].settings.get("strategy.il_budget_rst_seconds")
-            rows.append({"stage": stage.key, "trials": 1, "rst_seconds": il or stage.budget})
+        if stage.kind == "prepare":
+            preparation = preparation_for(preparation_config(spec, base, stage))
+            assert preparation is not None
+            rst = preparation.budget_rst_seconds()
+            rows.append({"stage": stage.key, "trials": 1, "rst_seconds": rst})
         elif stage.kind == "tune":
             trials = counts[stage.strategy]
             rows.append(
@@ -202,9 +237,9 @@ def rst_plan(spec: SweepSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def format_plan(spec: SweepSpec) -> str:
+def format_plan(spec: SweepSpec, base: dict[str, Any]) -> str:
     """The dry-run text: the protocol, every stage, and the total RST the sweep would spend."""
-    rows = rst_plan(spec)
+    rows = rst_plan(spec, base)
     total = sum(row["rst_seconds"] for row in rows)
     lines = [
         f"sweep {spec.name!r}: base {spec.base!r}, budgets "

@@ -1,6 +1,6 @@
 """``ntng sweep``: run a sweep's stages as Ray Tune experiments, resumable, recorded in MLflow.
 
-Per budget: RHO-loss's IL model (when rho_loss is compared), one tuning experiment per strategy
+Per budget: each strategy's preparation (RHO-loss's IL model), one tuning experiment per strategy
 (same searcher, same trial count, same budget), then one final experiment that re-runs each
 strategy's best configuration (lowest final validation loss among completed tuning trials) over
 the final seeds. The sweep ends by writing the comparison report to the parent run.
@@ -25,11 +25,15 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.stopper import CombinedStopper
 
 from ntng_ray.errors import NtngError
+from ntng_ray.preparation.strategy import prepare, prepared_setting
+from ntng_ray.strategies import strategy_class
 from ntng_ray.sweep.plan import (
-    RHO,
     Stage,
     base_mapping,
     check_trial_configs,
+    preparation_config,
+    preparation_dir,
+    prepared_strategies,
     stages,
     sweep_root,
     trial_config,
@@ -172,8 +176,8 @@ def _run_stage(
     spec: SweepSpec, base: dict, stage: Stage, state: SweepState, tracker: SweepTracker | None
 ) -> dict[str, Any]:
     print(f"\n=== stage {stage.key}", flush=True)
-    if stage.kind == "rho_il":
-        return _run_rho_il(spec, base, stage)
+    if stage.kind == "prepare":
+        return _run_preparation(spec, base, stage)
     if stage.kind == "tune":
         return _run_tune(spec, base, stage, state, tracker)
     if stage.kind == "downstream":
@@ -181,46 +185,34 @@ def _run_stage(
     return _run_final(spec, base, stage, state, tracker)
 
 
-def _rho_il_dir(spec: SweepSpec, budget: float) -> Path:
-    return sweep_root(spec) / "il" / Stage("rho_il", budget).key
-
-
-def _run_rho_il(spec: SweepSpec, base: dict, stage: Stage) -> dict[str, Any]:
-    """Train RHO-loss's irreducible-loss model once per budget, on the cluster, as a Ray task."""
-    from ntng_ray.strategies.rho_loss import prepare_irreducible_losses
-
-    folder = _rho_il_dir(spec, stage.budget)
-    cfg = trial_config(
-        base,
-        spec,
-        RHO,
-        {},
-        stage.budget,
-        tuning_seed(spec),
-        folder.with_name(folder.name + "-run"),
-        f"{spec.name}-{stage.key}",
-    )
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
-    il_budget = cfg.strategy.params().il_budget_rst_seconds
-    task = ray.remote(prepare_irreducible_losses).options(
+def _run_preparation(spec: SweepSpec, base: dict, stage: Stage) -> dict[str, Any]:
+    """Run a strategy's preparation once per budget, on the cluster, as a Ray task."""
+    assert stage.strategy is not None
+    cfg = preparation_config(spec, base, stage)
+    folder = preparation_dir(spec, stage.budget, stage.strategy)
+    task = ray.remote(prepare).options(
         num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
     )
-    meta = ray.get(task.remote(cfg, folder, il_budget))
+    meta = ray.get(task.remote(cfg.model_copy(update={"overwrite": True}), folder))
+    rst = float(meta["preparation_rst_seconds"])
     print(
-        f"IL model for budget {stage.budget:g}: {meta['rho_il_rst_seconds']:.2f} RST s "
-        f"(model + IL forwards), folder {folder}",
+        f"{stage.strategy}'s preparation for budget {stage.budget:g}: {rst:.2f} RST s, "
+        f"folder {folder}",
         flush=True,
     )
-    return {"rst_seconds": float(meta["rho_il_rst_seconds"]), "il_dir": str(folder)}
+    return {"kind": stage.kind, "rst_seconds": rst, "folder": str(folder)}
 
 
 def _stage_context(
     spec: SweepSpec, base: dict, stage: Stage, phase: str, tracker: SweepTracker | None
 ) -> dict[str, Any]:
     """What every trial of the stage needs besides its own strategy, seed and parameters."""
-    fixed = {}
-    if RHO in spec.strategies:
-        fixed[RHO] = {"strategy.il_dir": str(_rho_il_dir(spec, stage.budget))}
+    fixed = {
+        name: prepared_setting(
+            strategy_class(name).preparation, preparation_dir(spec, stage.budget, name)
+        )
+        for name in prepared_strategies(spec)
+    }
     return {
         "spec": spec.model_dump(mode="json"),
         "base": base,
@@ -489,10 +481,12 @@ def _rst_spent(grid_result: tune.ResultGrid) -> float:
 
 
 def sweep_totals(state: SweepState) -> dict[str, float]:
-    """RST spent by the whole sweep: every trial (tuning included) and the IL models."""
+    """RST spent by the whole sweep: every trial (tuning included) and the preparations."""
     total = sum(record.get("rst_seconds", 0.0) for record in state.stages.values())
-    il = sum(r.get("rst_seconds", 0.0) for k, r in state.stages.items() if k.endswith("rho-il"))
-    return {"sweep_rst_seconds": total, "rho_il_rst_seconds": il}
+    prepared = sum(
+        r.get("rst_seconds", 0.0) for r in state.stages.values() if r.get("kind") == "prepare"
+    )
+    return {"sweep_rst_seconds": total, "preparation_rst_seconds": prepared}
 
 
 def _publish_report(tracker: SweepTracker, out: Path | None) -> str:

@@ -147,6 +147,6 @@ def final_result(summary: dict[str, Any], budget: float) -> dict[str, Any]:
         "rst_progress": summary["rst_progress"],
         "steps": summary["steps"],
         "loop_wall_seconds": summary["wall_seconds"],
-        "rho_il_rst_seconds": summary.get("strategy_summary", {}).get("rho_il_rst_seconds", 0.0),
+        "preparation_rst_seconds": summary["preparation_rst_seconds"],
         FINAL: 1,
     }

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ntng_ray.train.engine import Batch, Engine
+from ntng_ray.engines.engine import Batch, Engine
 
 Collator = Callable[[torch.Tensor, torch.Generator], Batch]
 

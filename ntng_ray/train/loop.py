@@ -26,6 +26,8 @@ import torch
 
 from ntng_ray.config import RunConfig
 from ntng_ray.data.prepare import PreparedData
+from ntng_ray.engines.device import environment
+from ntng_ray.engines.engine import Engine
 from ntng_ray.errors import NtngError
 from ntng_ray.models.builders import count_parameters
 from ntng_ray.rst.clock import FORWARD, HESSIAN, OPTIMIZER, TRAIN, RSTClock, step_cost
@@ -33,9 +35,8 @@ from ntng_ray.schedules import lr_multiplier
 from ntng_ray.strategies import Strategy, StrategyContext, build_strategy
 from ntng_ray.strategies.base import Candidates, Cost, Examples
 from ntng_ray.train.batches import BatchStream
-from ntng_ray.train.engine import Engine
 from ntng_ray.train.evaluation import mean_token_loss
-from ntng_ray.train.plan import RunPlan, build_engine, environment
+from ntng_ray.train.plan import RunPlan, build_engine
 
 Reporter = Callable[[dict[str, Any]], None]
 # Called on every worker with a folder holding that worker's part of a checkpoint.
@@ -251,8 +252,9 @@ class BudgetedRun:
             "name": cfg.name,
             "preset": cfg.model.preset,
             "strategy": cfg.strategy.name,
-            "strategy_params": cfg.strategy.params().model_dump(mode="json"),
+            "strategy_params": plan.strategy.params_json(),
             "strategy_summary": self.strategy.summary_fields(),
+            "preparation_rst_seconds": self.strategy.preparation_rst_seconds(),
             "seed": cfg.seed,
             "budget_rst_seconds": cfg.budget.seconds,
             "rst_seconds": self.clock.spent,
@@ -300,7 +302,7 @@ def build_run(
     context = StrategyContext(
         plan.cfg, plan.table, placement.rank, placement.world_size, extras={"data": plan.data}
     )
-    strategy = build_strategy(context)
+    strategy = build_strategy(context, plan.strategy)
     engine = build_engine(plan, placement.world_size, device, strategy.build_optimizer)
     return BudgetedRun(plan, engine, strategy, reporters, placement, checkpoint_sink)
 

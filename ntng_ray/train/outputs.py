@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ntng_ray.atomic import write_text_atomic
 from ntng_ray.config import RunConfig
 from ntng_ray.errors import NtngError
 
@@ -26,10 +25,6 @@ def resolve_output_dir(cfg: RunConfig) -> Path:
             f"output_dir = {str(path)!r} is not empty; choose a new folder or set overwrite=true"
         )
     return path
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 class JsonlWriter:

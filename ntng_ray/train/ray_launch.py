@@ -25,9 +25,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ntng_ray.config import RunConfig as NtngConfig
 from ntng_ray.config import StrategyConfig
+from ntng_ray.engines.device import pick_device
 from ntng_ray.errors import NtngError
 from ntng_ray.train.loop import Placement, Reporter, build_run
-from ntng_ray.train.plan import RunPlan, plan_run, prepare_device
+from ntng_ray.train.plan import RunPlan, plan_run
 from ntng_ray.train.run import (
     begin_outputs,
     drop_lines_after,
@@ -244,7 +245,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     # As many torch threads as CPUs the worker holds, unless the run says otherwise.
     torch.set_num_threads(cfg.train.threads or max(1, int(cfg.backend.cpus_per_worker)))
     plan = plan_run(cfg, check_output_dir=False)
-    device = ray.train.torch.get_device() if cfg.backend.use_gpu else prepare_device("cpu")
+    device = ray.train.torch.get_device() if cfg.backend.use_gpu else pick_device("cpu")
     reports = WorkerReports(cfg.budget.seconds)
     run = build_run(plan, placement, device, checkpoint_sink=reports.checkpoint)
     engine = run.engine

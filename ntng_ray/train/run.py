@@ -15,15 +15,16 @@ from typing import Any
 
 import torch
 
-from ntng_ray.atomic import write_text_atomic
+from ntng_ray.atomic import write_json_atomic, write_text_atomic
 from ntng_ray.config import RunConfig
+from ntng_ray.engines.device import environment
+from ntng_ray.engines.engine import Engine
 from ntng_ray.errors import NtngError
-from ntng_ray.train.engine import Engine
+from ntng_ray.models.export import MODEL_FOLDER
 from ntng_ray.train.loop import CheckpointSink, Reporter, build_run
-from ntng_ray.train.outputs import JsonlWriter, write_json_atomic
-from ntng_ray.train.plan import RunPlan, environment, plan_run
+from ntng_ray.train.outputs import JsonlWriter
+from ntng_ray.train.plan import RunPlan, plan_run
 
-MODEL_FOLDER = "model"
 CHECKPOINT_FOLDER = "checkpoints"
 
 

@@ -1,35 +1,105 @@
-"""The optimizer methods' optimizers (Lion, Sophia-G) and what their two strategies share.
+"""Every optimizer a run can step, in one place: AdamW and nanoT5's RMS-scaled AdamW (the
+baselines), Lion and Sophia-G (the optimizer methods).
 
-Lion comes from ``lion-pytorch`` (Phil Wang's maintained package, the implementation the study
-itself vendored); its update is the paper's, with decoupled weight decay. Sophia-G is written
-here because no maintained package provides its Gauss-Newton-Bartlett variant: ``SophiaG``
-follows the official implementation's update, and ``gnb_gradient_sums`` computes the estimator's
-gradients so the loop, the strategy and ``ntng calibrate`` all run (and time) the same code.
-
-Both strategies take the peak learning rate, weight decay and gradient clipping from the run's
-``optimizer`` section when it is set up for AdamW (so a sweep tunes the same knob for every
-strategy), and the study's settings for the model family when it is tuned for another optimizer
-(T5's RMS-scaled AdamW); the optimizer's own hyper-parameters (betas, Sophia's rho) are strategy
-parameters. ``OptimizerMethod`` holds what the two share: the optimizer section check, the
-reference-table entry check, and the resolved settings in the run's summary.
+Weight decay is applied to weight matrices only, never to biases, norms or other vectors, as in
+the study's recipes. Lion comes from ``lion-pytorch`` (Phil Wang's maintained package, the
+implementation the study itself vendored); its update is the paper's, with decoupled weight
+decay. Sophia-G and AdamWScale are written here because no maintained package provides them:
+``SophiaG`` follows the official implementation's update, and ``gnb_gradient_sums`` computes the
+Gauss-Newton-Bartlett estimator's gradients so the loop, the strategy and ``ntng calibrate`` all
+run (and time) the same code.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator
 from torch import nn
 
+from ntng_ray.config import OptimizerConfig
+from ntng_ray.engines.engine import Batch
 from ntng_ray.errors import NtngError
-from ntng_ray.rst.table import ReferenceTable
-from ntng_ray.strategies.base import Strategy, StrategyContext, StrategyParams
-from ntng_ray.train.engine import Batch
-from ntng_ray.train.optim import parameter_groups
+
+# The reference-table entry an optimizer's step is charged at: RMS scaling costs about what
+# AdamW costs, and the study's T5 table times its AdamW-scale steps as "AdamW".
+TABLE_OPTIMIZER = {"adamw": "adamw", "adamw_scale": "adamw"}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed matrices, and undecayed biases, norm weights and other 1-d tensors."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_norm = "norm" in name.lower()
+        (no_decay if param.ndim < 2 or is_norm else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over ``model``'s parameters (lr is set per step by the schedule)."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    if cfg.name == "adamw_scale":
+        return AdamWScale(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+
+
+class AdamWScale(torch.optim.Optimizer):
+    """AdamW whose step size is scaled by each parameter's RMS (floored at 1e-3).
+
+    This is Adafactor's relative step size grafted onto AdamW, the optimizer nanoT5 uses to
+    reproduce T5 v1.1 pretraining at LR 2e-2 (Nawrot, 2023). Written here because no
+    maintained package provides it. Weight decay is decoupled and not scaled.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(param.grad, alpha=1.0 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1.0 - beta2)
+                denom = exp_avg_sq.sqrt().add_(group["eps"])
+                correction = math.sqrt(1.0 - beta2 ** state["step"]) / (
+                    1.0 - beta1 ** state["step"]
+                )
+                rms = param.float().pow(2).mean().sqrt().clamp_min(1e-3)
+                param.sub_(exp_avg / denom * (rms * group["lr"] * correction).to(param.dtype))
+                if group["weight_decay"] > 0.0:
+                    param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+        return loss
+
 
 if TYPE_CHECKING:
     from lion_pytorch import Lion
@@ -39,23 +109,6 @@ SOPHIA_BETAS = (0.965, 0.99)
 SOPHIA_RHO = 0.01
 SOPHIA_EPS = 1e-15
 IGNORE = -100
-
-# The study's settings (No Train No Gain, appendix C), per model family: what to set
-# optimizer.lr and optimizer.weight_decay to when reproducing it.
-STUDY_SETTINGS: dict[str, dict[str, dict[str, float]]] = {
-    "lion": {"bert": {"lr": 7e-4, "weight_decay": 0.1}, "t5": {"lr": 7.5e-4, "weight_decay": 0.0}},
-    "sophia": {"bert": {"lr": 4e-4, "weight_decay": 0.015}, "t5": {"lr": 1e-3}},
-}
-
-
-def _check_betas(value: tuple[float, float]) -> tuple[float, float]:
-    if not all(0.0 <= beta < 1.0 for beta in value):
-        raise ValueError("each beta must be in [0, 1)")
-    return value
-
-
-Betas = Annotated[tuple[float, float], AfterValidator(_check_betas)]
-"""A strategy parameter holding two EMA coefficients, each in [0, 1)."""
 
 
 def build_lion(
@@ -233,76 +286,3 @@ class SophiaG(torch.optim.Optimizer):
                 ratio = (exp_avg.abs() / (rho * state["hessian"] + eps)).clamp_(max=1.0)
                 param.addcmul_(exp_avg.sign(), ratio, value=-lr)
         return loss
-
-
-class OptimizerMethod(Strategy):
-    """A method that changes only the optimizer: full depth, every example, its own table entry.
-
-    Subclasses set ``name`` (also the reference-table optimizer entry), ``Params`` with ``betas``,
-    and ``make_optimizer``.
-    """
-
-    optimizer_label: ClassVar[str]
-
-    def __init__(self, params: StrategyParams, context: StrategyContext) -> None:
-        super().__init__(params, context)
-        check_table_entry(context.table, self.name)
-
-    def settings(self) -> tuple[float, float, str]:
-        """(peak lr, weight decay, where they came from).
-
-        The optimizer section's when it is set up for AdamW (``optimizer.name=adamw``), so a
-        sweep tunes the same knob for every strategy; when it is tuned for another optimizer
-        (T5's RMS-scaled AdamW at 2e-2 would be far too large for these methods), the study's
-        settings for this method and model family.
-        """
-        section = self.context.cfg.optimizer
-        if section.name == "adamw":
-            return section.lr, section.weight_decay, "optimizer section"
-        family = self.context.cfg.preset.family
-        study = STUDY_SETTINGS[self.name][family]
-        source = f"the study's {family} settings (optimizer.name = {section.name!r})"
-        return study["lr"], study.get("weight_decay", 0.0), source
-
-    def peak_lr(self) -> float:
-        return self.settings()[0]
-
-    def make_optimizer(
-        self, model: nn.Module, lr: float, weight_decay: float
-    ) -> torch.optim.Optimizer:
-        raise NotImplementedError
-
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        lr, weight_decay, _ = self.settings()
-        return self.make_optimizer(model, lr, weight_decay)
-
-    def table_optimizer(self) -> str:
-        return self.name
-
-    def summary_fields(self) -> dict[str, Any]:
-        """The settings the optimizer really ran with, wherever each came from."""
-        lr, weight_decay, source = self.settings()
-        return {
-            "optimizer": self.optimizer_label,
-            "peak_lr": lr,
-            "weight_decay": weight_decay,
-            "settings_from": source,
-            "grad_clip": self.context.cfg.optimizer.grad_clip,
-            **self.params.model_dump(mode="json"),
-        }
-
-
-def check_table_entry(table: ReferenceTable, optimizer: str) -> None:
-    """Refuse a table that prices some optimizers' steps but not ``optimizer``'s.
-
-    ``step_cost`` charges nothing for an optimizer a table has no entry for (the study's BERT
-    table prices none); on a table that prices AdamW, that would make this optimizer free.
-    """
-    for field in ("optimizer_step_seconds", "full_unit_seconds_by_optimizer"):
-        entries = getattr(table, field)
-        if entries and optimizer not in entries:
-            raise NtngError(
-                f"reference table {table.table_id!r} gives {field} for {', '.join(entries)} but "
-                f"not for {optimizer!r}, so its steps would be charged unfairly; use a table "
-                "that prices it (ntng calibrate measures adamw, lion and sophia)"
-            )

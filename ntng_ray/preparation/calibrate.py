@@ -20,15 +20,14 @@ from torch import nn
 
 from ntng_ray import __version__
 from ntng_ray.config import OptimizerConfig
+from ntng_ray.config.presets import PRESETS, Preset
 from ntng_ray.data.collators import MLMCollator, SpanCorruptionCollator
 from ntng_ray.data.packing import compute_t5_lengths
+from ntng_ray.engines.engine import Batch, TorchEngine
+from ntng_ray.engines.optimizers import build_lion, build_optimizer, build_sophia, gnb_gradient_sums
 from ntng_ray.errors import NtngError
 from ntng_ray.models.builders import TokenIds, build_model
-from ntng_ray.models.presets import PRESETS, Preset
-from ntng_ray.optimizers import build_lion, build_sophia, gnb_gradient_sums
 from ntng_ray.rst.table import ReferenceTable, TableUnit
-from ntng_ray.train.engine import Batch, TorchEngine
-from ntng_ray.train.optim import build_optimizer
 
 NUM_SPECIAL = 5
 NUM_SENTINELS = 100
@@ -179,10 +178,10 @@ def calibrate(
     ):
         if value < low:
             raise NtngError(f"{flag} = {value}: must be at least {low}")
-    from ntng_ray.train.plan import environment, prepare_device
+    from ntng_ray.engines.device import environment, pick_device
 
     preset = PRESETS[preset_name]
-    torch_device = prepare_device(device)
+    torch_device = pick_device(device)
     model = build_model(preset, preset.vocab_size, TokenIds(pad_id=0, eos_id=1), seed=0)
     engine = TorchEngine(
         model,

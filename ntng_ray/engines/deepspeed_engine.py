@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 from ntng_ray.config import RunConfig
-from ntng_ray.errors import NtngError
-from ntng_ray.train.dist_env import ensure_deepspeed_accelerator, ensure_single_process_env
-from ntng_ray.train.engine import (
+from ntng_ray.engines.dist_env import ensure_deepspeed_accelerator, ensure_single_process_env
+from ntng_ray.engines.engine import (
     Batch,
     EngineBase,
     check_optimizer_params,
@@ -38,6 +37,7 @@ from ntng_ray.train.engine import (
     moments,
     reset_optimizer_state,
 )
+from ntng_ray.errors import NtngError
 
 CHECKPOINT_TAG = "engine"
 # DeepSpeed prints progress every this many steps; the loop does its own logging.

@@ -10,15 +10,33 @@ import os
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from ntng_ray.config.presets import PRESETS, Preset
 from ntng_ray.errors import NtngError
-from ntng_ray.models.presets import PRESETS, Preset
 
 SHIPPED_CONFIGS = "ntng_ray.configs"
+
+
+def _check_betas(value: tuple[float, float]) -> tuple[float, float]:
+    if not all(0.0 <= beta < 1.0 for beta in value):
+        raise ValueError("each beta must be in [0, 1)")
+    return value
+
+
+Betas = Annotated[tuple[float, float], AfterValidator(_check_betas)]
+"""Two EMA coefficients, each in [0, 1): AdamW's, and the optimizer methods' own."""
 
 
 class Section(BaseModel):
@@ -86,21 +104,19 @@ class TokenizerConfig(Section):
 
 
 class StrategyConfig(Section):
-    """``name`` picks a strategy; its parameters sit beside it (``strategy.<param>=…``)."""
+    """``name`` picks a strategy; its parameters sit beside it (``strategy.<param>=…``).
+
+    Only the shape is checked here: the strategy and its parameters are resolved when a run is
+    planned (``ntng_ray.strategies.resolve_strategy``), so validating a config imports neither
+    torch nor any strategy module.
+    """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str = Field("baseline", description="See `ntng strategies`.")
+    name: str = Field("baseline", min_length=1, description="See `ntng strategies`.")
 
-    @model_validator(mode="after")
-    def _known_strategy_and_params(self) -> StrategyConfig:
-        self.params()
-        return self
-
-    def params(self) -> Any:
-        """The strategy's validated parameters (its ``Params`` model)."""
-        from ntng_ray.strategies import parse_params
-
-        return parse_params(self.name, dict(self.model_extra or {}))
+    def param_values(self) -> dict[str, Any]:
+        """The ``strategy.<param>`` values as given, before the strategy validates them."""
+        return dict(self.model_extra or {})
 
 
 class OptimizerConfig(Section):
@@ -108,17 +124,10 @@ class OptimizerConfig(Section):
         "adamw", description="adamw, or adamw_scale (nanoT5's AdamW with RMS-scaled LR, for T5)."
     )
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate.")
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: Betas = (0.9, 0.98)
     eps: float = Field(1e-12, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0, description="Not applied to biases and norms.")
     grad_clip: float | None = Field(0.5, gt=0.0, description="Max global gradient norm; null: off.")
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in value):
-            raise ValueError("each beta must be in [0, 1)")
-        return value
 
 
 class ScheduleConfig(Section):
