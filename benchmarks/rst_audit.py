@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ntng_ray.config import RunConfig, load_config
 from ntng_ray.preparation.calibrate import calibrate
+from ntng_ray.preparation.strategy import preparation_for, prepare, prepared_setting
 from ntng_ray.rst.table import validate_table, write_table
 from ntng_ray.strategies import strategy_class, strategy_names
-from ntng_ray.strategies.rho_loss import prepare_irreducible_losses
 
 COMMON = ["tracking.enabled=false", "eval.points=[]", "train.log_every=1000"]
 
@@ -44,12 +44,16 @@ def audit(budget: float, root: Path) -> list[dict]:
     print(validate_table(table).summary())
     write_table(table, table_path)
     base = [*COMMON, f"rst.table={table_path}", f"budget.rst_seconds={budget}"]
-    il_dir = root / "il"
-    il_cfg = load_config("bert-tiny-synthetic", [*base, "output_dir=" + str(root / "il-run")])
-    prepare_irreducible_losses(il_cfg, il_dir, il_budget=budget)
     rows = []
     for name in (n for n in strategy_names() if strategy_class(n).listed):
-        extra = [f"strategy.il_dir={il_dir}"] if name == "rho_loss" else []
+        extra = []
+        preparation = preparation_for(
+            load_config("bert-tiny-synthetic", [*base, f"strategy.name={name}"])
+        )
+        if preparation is not None:
+            prepared = root / f"{name}-prepared"
+            prepare(preparation.cfg, prepared)
+            extra = [f"{k}={v}" for k, v in prepared_setting(preparation, prepared).items()]
         cfg = load_config(
             "bert-tiny-synthetic",
             [*base, f"strategy.name={name}", *extra, f"output_dir={root / name}"],

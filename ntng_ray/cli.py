@@ -207,7 +207,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         publish_report,
         render_markdown,
     )
-    from ntng_ray.track.mlflow_run import resolve_tracking_uri
+    from ntng_ray.track.tracker import resolve_store as resolve_tracking_uri
 
     client = open_report_client(resolve_tracking_uri(TrackingConfig(uri=args.tracking_uri)))
     report = build_report(client, find_parent_run(client, args.sweep))

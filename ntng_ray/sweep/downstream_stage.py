@@ -15,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
 from ntng_ray.config import TrackingConfig
@@ -23,11 +22,11 @@ from ntng_ray.downstream.finetune import SCORES, finetune_suite
 from ntng_ray.downstream.metrics import suite_average
 from ntng_ray.downstream.settings import FinetuneSettings
 from ntng_ray.sweep.spec import DownstreamStage
-from ntng_ray.sweep.stoppers import FINAL
-from ntng_ray.sweep.tracking import OUTCOME_TAG, SWEEP_TAG, SweepTracker
+from ntng_ray.sweep.tracking import SweepTracker
+from ntng_ray.track import schema
 
-FINETUNE_PHASE = "finetune"
-DOWNSTREAM_PHASE = "downstream"
+FINETUNE_PHASE = schema.PHASE_FINETUNE
+DOWNSTREAM_PHASE = schema.PHASE_DOWNSTREAM
 
 
 def finetune_cases(checkpoints: list[dict[str, Any]], stages: list[DownstreamStage]) -> list[dict]:
@@ -60,33 +59,43 @@ def run_finetune_trial(config: dict[str, Any], stage: dict[str, Any]) -> None:
         )
     except Exception:
         if tracker is not None:
-            tracker.close_child(trial_id, "failed")
+            tracker.close_child(trial_id, schema.OUTCOME_FAILED)
         raise
     result = scores["tasks"][case["task"]]
     if tracker is not None:
         metrics = {f"{case['task']}.{k}": v for k, v in result["metrics"].items()}
-        for name, value in (metrics | {"score": result["score"]}).items():
-            tracker.client.log_metric(run_id, name, float(value))
-        tracker.client.set_tag(run_id, OUTCOME_TAG, "completed")
-        tracker.client.set_terminated(run_id, "FINISHED")
-    tune.report({"score": result["score"], "n_eval": result["n_eval"], FINAL: 1})
+        tracker.runs.complete_run(
+            run_id,
+            metrics | {schema.METRIC_SCORE: result["score"]},
+            {schema.TAG_OUTCOME: schema.OUTCOME_COMPLETED},
+        )
+    tune.report(
+        {
+            schema.RESULT_SCORE: result["score"],
+            schema.RESULT_N_EVAL: result["n_eval"],
+            schema.RESULT_FINAL: 1,
+        }
+    )
 
 
 def _tags(stage: dict[str, Any], case: dict[str, Any], phase: str) -> dict[str, str]:
     return {
-        SWEEP_TAG: stage["spec_name"],
-        "ntng.phase": phase,
-        "ntng.strategy": case["strategy"],
-        "ntng.seed": str(case["seed"]),
-        "ntng.budget_rst_seconds": repr(float(stage["budget"])),
-        "ntng.suite": case["suite"],
-        "ntng.pretrain_run_id": case["run_id"] or "",
-        "ntng.stage": stage["key"],
+        schema.TAG_SWEEP: stage["spec_name"],
+        schema.TAG_PHASE: phase,
+        schema.TAG_STRATEGY: case["strategy"],
+        schema.TAG_SEED: str(case["seed"]),
+        schema.TAG_BUDGET: repr(float(stage["budget"])),
+        schema.TAG_SUITE: case["suite"],
+        schema.TAG_PRETRAIN_RUN_ID: case["run_id"] or "",
+        schema.TAG_STAGE: stage["key"],
     }
 
 
 def _task_tag(case: dict[str, Any]) -> dict[str, str]:
-    return {"ntng.task": case["task"], MLFLOW_RUN_NAME: f"{case['task']}-{case['strategy']}"}
+    return {
+        schema.TAG_TASK: case["task"],
+        schema.MLFLOW_RUN_NAME: f"{case['task']}-{case['strategy']}",
+    }
 
 
 def log_suite_averages(
@@ -109,17 +118,16 @@ def log_suite_averages(
         average, averaged = suite_average(case["suite"], scores[key])
         averages[key[0]][case["suite"]] = average
         tags = _tags(stage, case, DOWNSTREAM_PHASE) | {
-            MLFLOW_PARENT_RUN_ID: tracker.parent_run_id or "",
-            "ntng.averaged_tasks": ",".join(averaged),
-            MLFLOW_RUN_NAME: f"{case['suite']}-{case['strategy']}-s{case['seed']}",
+            schema.TAG_AVERAGED_TASKS: ",".join(averaged),
+            schema.MLFLOW_RUN_NAME: f"{case['suite']}-{case['strategy']}-s{case['seed']}",
         }
-        run_id = tracker.client.create_run(tracker.experiment_id, tags=tags).info.run_id
-        values = {f"{case['suite']}_{task}": score for task, score in scores[key].items()}
+        suite = case["suite"]
+        values = {
+            schema.suite_task_metric(suite, task): score for task, score in scores[key].items()
+        }
         if average is not None and math.isfinite(average):
-            values[f"{case['suite']}_average"] = average
-        for name, value in values.items():
-            tracker.client.log_metric(run_id, name, float(value))
-        tracker.client.set_terminated(run_id, "FINISHED")
+            values[schema.suite_average_metric(suite)] = average
+        tracker.runs.record_run(tags, values, schema.FINISHED)
     return dict(averages)
 
 

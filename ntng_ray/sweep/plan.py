@@ -3,9 +3,9 @@
 A sweep runs, per budget, a preparation stage for each strategy that needs one (RHO-loss's IL
 model), one tuning stage per strategy (each its own Tune experiment, so every strategy gets its own
 searcher with the same trial count), then one final stage re-running every strategy's best
-configuration over the final seeds. Every trial's
-run config is the base config with the sweep's fixed settings, the strategy, the sampled
-parameters, the budget and the seed applied, validated like any run config.
+configuration over the final seeds. Every trial's run config is the base config with the sweep's
+fixed settings, the strategy, the sampled parameters, the budget and the seed applied, validated
+like any run config.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from ntng_ray.atomic import write_atomic
 
 if TYPE_CHECKING:
-    from ntng_ray.sweep.report import BudgetResult
+    from ntng_ray.sweep.results import BudgetResult
 
 DPI = 110
 

@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from ntng_ray.track import schema
+
 PRINT_EVERY_S = 15.0
 
 
@@ -32,8 +34,12 @@ class ProgressTable(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
         row = self._row(trial)
-        row["rst"] = result.get("rst_progress", row.get("rst"))
-        for key in ("val_loss", "train_eval_loss", "train_loss"):
+        row["rst"] = result.get(schema.RESULT_RST_PROGRESS, row.get("rst"))
+        for key in (
+            schema.RESULT_VAL_LOSS,
+            schema.RESULT_TRAIN_EVAL_LOSS,
+            schema.RESULT_TRAIN_LOSS,
+        ):
             if key in result:
                 row[key] = result[key]
         if time.monotonic() - self.last_print >= self.every_s:
@@ -69,8 +75,8 @@ class ProgressTable(Callback):
             rst = row.get("rst")
             lines.append(
                 f"   {trial_id:<12} {row['strategy']:<20} {row['seed']!s:>4} {row['status']:<8} "
-                f"{_percent(rst):>6} {_number(row.get('val_loss')):>9} "
-                f"{_number(row.get('train_eval_loss')):>10}"
+                f"{_percent(rst):>6} {_number(row.get(schema.RESULT_VAL_LOSS)):>9} "
+                f"{_number(row.get(schema.RESULT_TRAIN_EVAL_LOSS)):>10}"
             )
         print("\n".join(lines), file=self.out or sys.stdout, flush=True)
 

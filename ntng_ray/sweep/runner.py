@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +41,12 @@ from ntng_ray.sweep.plan import (
 from ntng_ray.sweep.progress import ProgressTable
 from ntng_ray.sweep.spec import SweepSpec
 from ntng_ray.sweep.state import SweepState
-from ntng_ray.sweep.stoppers import (
-    RST,
-    DivergenceStopper,
-    RSTBudgetStopper,
-    outcome,
-)
+from ntng_ray.sweep.stoppers import DivergenceStopper, RSTBudgetStopper, outcome
 from ntng_ray.sweep.tracking import SweepTracker
 from ntng_ray.sweep.trial import run_trial
+from ntng_ray.track import schema
+from ntng_ray.track.interrupts import sigterm_as_interrupt
+from ntng_ray.train.ray_cluster import connect as connect_ray
 from ntng_ray.train.ray_launch import FORWARDED_ENV
 from ntng_ray.train.run import uses_ray
 
@@ -75,7 +70,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, report_dir: Path | None = N
     tracker = _tracker(spec, state)
     started = time.monotonic()
     try:
-        with sigterm_as_sigint():
+        with sigterm_as_interrupt():
             for stage in stages(spec):
                 if state.done(stage.key) is None:
                     state.finish_stage(stage.key, _run_stage(spec, base, stage, state, tracker))
@@ -88,13 +83,13 @@ def run_sweep(spec: SweepSpec, resume: bool = False, report_dir: Path | None = N
     except BaseException:
         if tracker is not None:
             tracker.kill_running_children()
-            tracker.end_parent("FAILED", {})
+            tracker.end_parent(schema.FAILED, {})
         raise
     totals = sweep_totals(state)
     summary = {"name": spec.name, "root": str(root), **totals}
     summary["wall_seconds"] = time.monotonic() - started
     if tracker is not None:
-        tracker.end_parent("FINISHED", totals)
+        tracker.end_parent(schema.FINISHED, totals)
         summary["parent_run_id"] = tracker.parent_run_id
         summary["report"] = _publish_report(tracker, report_dir)
     return summary
@@ -121,7 +116,7 @@ def _tracker(spec: SweepSpec, state: SweepState) -> SweepTracker | None:
 def _end_interrupted(tracker: SweepTracker | None) -> None:
     if tracker is not None:
         tracker.kill_running_children()
-        tracker.end_parent("KILLED", {})
+        tracker.end_parent(schema.KILLED, {})
 
 
 def _resume_hint(spec: SweepSpec, root: Path) -> str:
@@ -131,37 +126,17 @@ def _resume_hint(spec: SweepSpec, root: Path) -> str:
     )
 
 
-@contextmanager
-def sigterm_as_sigint() -> Iterator[None]:
-    """SIGTERM (``ray job stop``, ``kill``) ends the sweep the way Ctrl-C does: trials stop,
-    state is saved, in-flight runs are marked KILLED."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def connect(spec: SweepSpec) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized for the trials at once."""
-    if ray.is_initialized():
-        return
+    """Join ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized for the trials at once
+    (the state of Ray is checked by ``ray_cluster.connect``; the runtime env is built first)."""
     # Inside a Ray job, variables the job's runtime env sets reach the trials already, and Ray
     # refuses to merge a driver runtime env that sets them again.
     already = set(job_env_vars())
     forwarded = [k for k in FORWARDED_SWEEP_ENV if k in os.environ and k not in already]
     runtime_env = {"env_vars": {k: os.environ[k] for k in forwarded}}
-    address = spec.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=runtime_env)
-        return
     per_trial = spec.resources.workers * spec.resources.cpus_per_trial + TRIAL_DRIVER_CPUS
-    need = int(spec.resources.max_concurrent * per_trial + 0.999)
-    ray.init(
-        num_cpus=max(need, os.cpu_count() or 1),
-        runtime_env=runtime_env,
-        log_to_driver=False,
-    )
+    need = spec.resources.max_concurrent * per_trial
+    connect_ray(spec.address, need, runtime_env=runtime_env, log_to_driver=False)
 
 
 def job_env_vars() -> dict[str, str]:
@@ -297,7 +272,7 @@ def _scheduler(spec: SweepSpec, budget: float) -> Any:
     """None (the study's setting) or ASHA on RST, explicitly asked for and labelled."""
     if spec.search.scheduler == "none":
         return None
-    return ASHAScheduler(time_attr=RST, max_t=budget, grace_period=budget / 4)
+    return ASHAScheduler(time_attr=schema.RESULT_RST_SECONDS, max_t=budget, grace_period=budget / 4)
 
 
 def to_tune_domain(value: Any) -> Any:
@@ -333,7 +308,7 @@ def _run_tune(
                 "trial": {"strategy": stage.strategy, "seed": tuning_seed(spec), "params": space}
             },
             tune_config=TuneConfig(
-                metric="val_loss",
+                metric=schema.RESULT_VAL_LOSS,
                 mode="min",
                 num_samples=1 if grid else trials,
                 search_alg=searcher,
@@ -361,7 +336,7 @@ def _run_tune(
         "final_validation_loss": best.metrics["final_validation_loss"],
     }
     if tracker is not None:
-        tracker.tag_child(best.metrics["trial_id"], {"ntng.selected": "true"})
+        tracker.tag_child(best.metrics["trial_id"], {schema.TAG_SELECTED: "true"})
     print(f"best {stage.strategy}: {record['best']}", flush=True)
     return record
 
@@ -477,7 +452,7 @@ def _close_trials(
 
 
 def _rst_spent(grid_result: tune.ResultGrid) -> float:
-    return float(sum(r.metrics.get(RST, 0.0) or 0.0 for r in grid_result))
+    return float(sum(r.metrics.get(schema.RESULT_RST_SECONDS, 0.0) or 0.0 for r in grid_result))
 
 
 def sweep_totals(state: SweepState) -> dict[str, float]:
@@ -491,8 +466,9 @@ def sweep_totals(state: SweepState) -> dict[str, float]:
 
 def _publish_report(tracker: SweepTracker, out: Path | None) -> str:
     """Write the report to the parent run (and ``out``); return its Markdown for the terminal."""
-    from ntng_ray.sweep.report import build_report, publish_report, render_markdown
+    from ntng_ray.sweep.report import build_report, open_results, publish_report, render_markdown
 
-    report = build_report(tracker.client, tracker.parent_run_id)
-    publish_report(tracker.client, report, out)
+    results = open_results(tracker.uri)
+    report = build_report(results, tracker.parent_run_id)
+    publish_report(results, report, out)
     return render_markdown(report)

@@ -13,22 +13,17 @@ from typing import Any
 
 from ray.tune import Stopper
 
-# Keys of the results a trial reports to Tune.
-RST = "rst_seconds"
-BUDGET = "budget_rst_seconds"
-TRAIN_LOSS = "train_loss"
-VAL_LOSS = "val_loss"
-FINAL = "final"
+from ntng_ray.track import schema
 
 
 def over_budget(result: dict[str, Any], tolerance: float) -> bool:
-    rst, budget = result.get(RST), result.get(BUDGET)
+    rst, budget = result.get(schema.RESULT_RST_SECONDS), result.get(schema.RESULT_BUDGET)
     return rst is not None and budget is not None and rst > budget * (1.0 + tolerance)
 
 
 def diverged(result: dict[str, Any], max_loss: float) -> bool:
     """A reported loss that is not finite or is above ``max_loss``."""
-    losses = [result.get(TRAIN_LOSS), result.get(VAL_LOSS)]
+    losses = [result.get(schema.RESULT_TRAIN_LOSS), result.get(schema.RESULT_VAL_LOSS)]
     return any(v is not None and (not math.isfinite(v) or v > max_loss) for v in losses)
 
 
@@ -62,12 +57,12 @@ def outcome(result: dict[str, Any] | None, errored: bool, tolerance: float, max_
     """How a trial ended, from its last result: completed, diverged, over_budget, failed or
     interrupted (stopped from outside, e.g. the sweep was interrupted before it finished)."""
     if errored:
-        return "failed"
+        return schema.OUTCOME_FAILED
     result = result or {}
     if diverged(result, max_loss):
-        return "diverged"
+        return schema.OUTCOME_DIVERGED
     if over_budget(result, tolerance):
-        return "over_budget"
-    if result.get(FINAL):
-        return "completed"
-    return "interrupted"
+        return schema.OUTCOME_OVER_BUDGET
+    if result.get(schema.RESULT_FINAL):
+        return schema.OUTCOME_COMPLETED
+    return schema.OUTCOME_INTERRUPTED

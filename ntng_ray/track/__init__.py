@@ -1,5 +1,8 @@
-"""Tracking: every run recorded in MLflow (``mlflow_run``) and the MLflow UI (``ui``).
+"""Tracking: the contract (``schema``), the tracker interface (``tracker``), its MLflow
+implementation (``mlflow_run``, ``mlflow_sweep``, ``mlflow_results``), the SIGTERM policy
+(``interrupts``) and the MLflow UI (``ui``).
 
 Nothing is imported here, so the training loop runs without mlflow installed when tracking is
-off; import ``ntng_ray.track.mlflow_run`` or ``ntng_ray.track.ui`` where they are needed.
+off; ``schema``, ``tracker`` and ``interrupts`` import no MLflow (``tracker`` loads it only
+when one of its functions is called); import the MLflow modules only where they are needed.
 """

@@ -13,15 +13,12 @@ import logging
 import os
 import platform
 import re
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from mlflow import MlflowClient
@@ -29,7 +26,6 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
@@ -40,6 +36,10 @@ from mlflow.utils.validation import (
 from ntng_ray import __version__
 from ntng_ray.config import RunConfig, TrackingConfig
 from ntng_ray.errors import NtngError
+from ntng_ray.track import schema as s
+from ntng_ray.track.interrupts import RunTerminated, sigterm_as_interrupt
+
+__all__ = ["MlflowRun", "RunTerminated", "run_tags", "sigterm_as_interrupt", "track_run"]
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +55,33 @@ TRACKED_PACKAGES = (
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ARTIFACT_FOLDER = "mlartifacts"
 FLUSH_EVERY = 50
-END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+END_STATUSES = s.END_STATUSES
 
 # Loop record key -> MLflow metric name, per event kind.
 EVENT_METRICS: dict[str, dict[str, str]] = {
     "train": {
-        "loss": "train_loss",
+        "loss": s.METRIC_TRAIN_LOSS,
         "lr": "lr",
         "grad_norm": "grad_norm",
         "tokens": "tokens",
-        "tokens_per_s": "tokens_per_s",
+        "tokens_per_s": s.METRIC_TOKENS_PER_S,
     },
     "validation": {
-        "loss": "val_loss",
-        "train_eval_loss": "train_eval_loss",
-        "progress": "val_progress_point",
+        "loss": s.METRIC_VAL_LOSS,
+        "train_eval_loss": s.METRIC_TRAIN_EVAL_LOSS,
+        "progress": s.METRIC_VAL_PROGRESS_POINT,
     },
 }
-CLOCK_METRICS = ("rst_seconds", "rst_progress", "wall_seconds")
+CLOCK_METRICS = (s.METRIC_RST_SECONDS, s.METRIC_RST_PROGRESS, s.METRIC_WALL_SECONDS)
+# Summary keys logged as final metrics under the same names.
 FINAL_METRICS = (
-    "final_validation_loss",
-    "final_train_eval_loss",
-    "rst_seconds",
-    "steps",
-    "wall_seconds",
-    "tokens_per_s",
+    s.METRIC_FINAL_VALIDATION_LOSS,
+    s.METRIC_FINAL_TRAIN_EVAL_LOSS,
+    s.METRIC_RST_SECONDS,
+    s.METRIC_STEPS,
+    s.METRIC_WALL_SECONDS,
+    s.METRIC_TOKENS_PER_S,
+    s.METRIC_PREPARATION_RST_SECONDS,
 )
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 
@@ -212,18 +214,18 @@ def run_tags(
     ``plan.table.table_id`` and ``.content_hash``); ``hardware`` defaults to a CPU description.
     """
     tags = {
-        MLFLOW_RUN_NAME: cfg.name,
-        "ntng.model": cfg.model.preset,
-        "ntng.strategy": cfg.strategy.name,
-        "ntng.budget_rst_seconds": repr(cfg.budget.seconds),
-        "ntng.seed": str(cfg.seed),
-        "ntng.rst_table": table_id,
-        "ntng.rst_table_sha256": table_sha256,
-        "ntng.git_commit": git_commit(),
-        "ntng.hardware": hardware or host_hardware(),
+        s.MLFLOW_RUN_NAME: cfg.name,
+        s.TAG_MODEL: cfg.model.preset,
+        s.TAG_STRATEGY: cfg.strategy.name,
+        s.TAG_BUDGET: repr(cfg.budget.seconds),
+        s.TAG_SEED: str(cfg.seed),
+        s.TAG_RST_TABLE: table_id,
+        s.TAG_RST_TABLE_SHA256: table_sha256,
+        s.TAG_GIT_COMMIT: git_commit(),
+        s.TAG_HARDWARE: hardware or host_hardware(),
     }
-    tags |= {f"ntng.version.{name}": v for name, v in package_versions().items()}
-    tags["ntng.version.ntng_ray"] = __version__
+    tags |= {f"{s.TAG_VERSION_PREFIX}{name}": v for name, v in package_versions().items()}
+    tags[f"{s.TAG_VERSION_PREFIX}ntng_ray"] = __version__
     return {key: value[:MAX_TAG_VAL_LENGTH] for key, value in tags.items()}
 
 
@@ -262,7 +264,10 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 
 
 class MlflowRun:
-    """One MLflow run, fed by the loop as a reporter; metrics are batched to keep overhead low."""
+    """One MLflow run, fed by the loop as a reporter; metrics are batched to keep overhead low.
+
+    Implements ``tracker.RunTracker``.
+    """
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self._client = client
@@ -330,7 +335,7 @@ class MlflowRun:
             path = Path(output_dir) / name
             if path.is_file():
                 self._client.log_artifact(self._run_id, str(path))
-        self.end("FINISHED")
+        self.end(s.FINISHED)
 
     def end(self, status: str) -> None:
         """Flush and mark the run ended with ``status`` (FINISHED, FAILED or KILLED); once only."""
@@ -376,27 +381,6 @@ def _reopen(client: MlflowClient, run_id: str, uri: str) -> None:
 # --- ending a run as what happened -----------------------------------------------------------
 
 
-class RunTerminated(KeyboardInterrupt):
-    """SIGTERM turned into an interrupt, so a terminated process unwinds (a run ends KILLED)."""
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise RunTerminated(f"signal {signum}")
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Raise RunTerminated on SIGTERM while the block runs (main thread only; else a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
 def _end_after_error(run: MlflowRun, status: str) -> None:
     """End the run without hiding the error that is already propagating."""
     try:
@@ -419,11 +403,11 @@ def track_run(
         with sigterm_as_interrupt():
             yield run
     except KeyboardInterrupt:
-        _end_after_error(run, "KILLED")
+        _end_after_error(run, s.KILLED)
         raise
     except BaseException:
-        _end_after_error(run, "FAILED")
+        _end_after_error(run, s.FAILED)
         raise
     if not run.ended:
         log.warning("MLflow run %s ended without finish(); marking it FAILED", run.run_id)
-        run.end("FAILED")
+        run.end(s.FAILED)

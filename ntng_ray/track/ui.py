@@ -18,7 +18,8 @@ import urllib.request
 
 from ntng_ray.config import TrackingConfig
 from ntng_ray.errors import NtngError
-from ntng_ray.track.mlflow_run import open_client, resolve_tracking_uri, sigterm_as_interrupt
+from ntng_ray.track.interrupts import sigterm_as_interrupt
+from ntng_ray.track.mlflow_run import open_client, resolve_tracking_uri
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000

@@ -40,12 +40,19 @@ def plan_run(cfg: RunConfig, check_output_dir: bool = True) -> RunPlan:
     strategy's parameters are validated here, once, and its facts checked against the engine
     the run will get.
     """
-    strategy = resolve_strategy(cfg)
-    check_strategy_supported(cfg, strategy, engine_kind(cfg, planned_device(cfg)))
+    strategy = checked_strategy(cfg)
     table, report = resolve_table(cfg.rst.table, cfg.model.preset, cfg.rst.allow_invalid_table)
     output_dir = resolve_output_dir(cfg) if check_output_dir else Path(cfg.output_dir or ".")
     data = prepare_data(cfg)
     return RunPlan(cfg, strategy, table, report, data, output_dir)
+
+
+def checked_strategy(cfg: RunConfig) -> ResolvedStrategy:
+    """The run's strategy with validated parameters, its facts checked against the engine the
+    run will get (NtngError naming the setting otherwise)."""
+    strategy = resolve_strategy(cfg)
+    check_strategy_supported(cfg, strategy, engine_kind(cfg, planned_device(cfg)))
+    return strategy
 
 
 def build_engine(

@@ -11,24 +11,24 @@ validation points and checkpoints to Ray Train.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ntng_ray.config import RunConfig as NtngConfig
-from ntng_ray.config import StrategyConfig
 from ntng_ray.engines.device import pick_device
-from ntng_ray.errors import NtngError
+from ntng_ray.strategies import resolve_strategy, with_resolved_params
+from ntng_ray.track import schema, tracker
 from ntng_ray.train.loop import Placement, Reporter, build_run
 from ntng_ray.train.plan import RunPlan, plan_run
+from ntng_ray.train.progress_reports import worker_reports
+from ntng_ray.train.ray_cluster import check_fits, connect, required_resources
 from ntng_ray.train.run import (
     begin_outputs,
     drop_lines_after,
@@ -38,7 +38,6 @@ from ntng_ray.train.run import (
     tracked,
 )
 
-DRIVER_CPUS = 1.0
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "HF_HOME")
 
 
@@ -57,10 +56,10 @@ def pretrain_on_ray(
     """
     cfg = _pinned_for_workers(cfg)
     plan = plan_run(cfg)
-    connect(cfg)
+    connect(cfg.backend.address, required_resources(cfg)["CPU"])
     check_fits(cfg)
     begin_outputs(plan)
-    run_id = mlflow_run_id or _create_mlflow_run(plan)
+    run_id = mlflow_run_id or _create_tracked_run(plan)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
@@ -86,7 +85,8 @@ def pretrain_on_ray(
     try:
         result = trainer.fit()
     except BaseException as exc:
-        _end_mlflow_run(plan, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        status = schema.KILLED if isinstance(exc, KeyboardInterrupt) else schema.FAILED
+        _end_tracked_run(plan, run_id, status)
         raise
     summary = read_summary(plan.output_dir)
     summary["ray"] = {
@@ -102,10 +102,9 @@ def _pinned_for_workers(cfg: NtngConfig) -> NtngConfig:
 
     cfg = pin_shared_paths(cfg)
     # Strategy parameters come back from validation resolved (e.g. RHO-loss's il_dir absolute).
-    params = cfg.strategy.params().model_dump(mode="json")
-    strategy = StrategyConfig.model_validate({"name": cfg.strategy.name, **params})
+    cfg = with_resolved_params(cfg, resolve_strategy(cfg))
     output_dir = str(resolve_output_dir(cfg).resolve())
-    return cfg.model_copy(update={"output_dir": output_dir, "strategy": strategy})
+    return cfg.model_copy(update={"output_dir": output_dir})
 
 
 def pin_shared_paths(cfg: NtngConfig) -> NtngConfig:
@@ -118,9 +117,7 @@ def pin_shared_paths(cfg: NtngConfig) -> NtngConfig:
     )
     if not cfg.tracking.enabled:
         return cfg.model_copy(update={"data": data})
-    from ntng_ray.track.mlflow_run import resolve_tracking_uri
-
-    tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(cfg.tracking)})
+    tracking = cfg.tracking.model_copy(update={"uri": tracker.resolve_store(cfg.tracking)})
     return cfg.model_copy(update={"data": data, "tracking": tracking})
 
 
@@ -136,105 +133,17 @@ def _forwarded_env() -> dict[str, str]:
     return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
 
 
-def required_resources(cfg: NtngConfig) -> dict[str, float]:
-    """Logical resources the run needs: every worker's, plus a CPU for the driver."""
-    need = {"CPU": cfg.backend.workers * cfg.backend.cpus_per_worker + DRIVER_CPUS}
-    if cfg.backend.use_gpu:
-        need["GPU"] = float(cfg.backend.workers)
-    return need
-
-
-def connect(cfg: NtngConfig) -> None:
-    """Join the configured cluster, or start a local Ray instance sized for this run."""
-    if ray.is_initialized():
-        return
-    address = cfg.backend.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    need = required_resources(cfg)
-    ray.init(num_cpus=max(int(need["CPU"] + 0.999), os.cpu_count() or 1))
-
-
-def check_fits(cfg: NtngConfig) -> None:
-    """Refuse a run the cluster cannot hold, naming what is missing (Ray would wait forever).
-
-    An autoscaling cluster (``backend.autoscaling``) starts nodes for a pending request, so
-    there the request is left to wait for them.
-    """
-    if cfg.backend.autoscaling:
-        return
-    total = ray.cluster_resources()
-    for resource, amount in required_resources(cfg).items():
-        if total.get(resource, 0.0) < amount:
-            raise NtngError(
-                f"backend.workers = {cfg.backend.workers} with {cfg.backend.cpus_per_worker} CPU "
-                f"per worker{' and a GPU each' if cfg.backend.use_gpu else ''} needs {amount:g} "
-                f"{resource} (including {DRIVER_CPUS:g} CPU for the driver), but the Ray cluster "
-                f"has {total.get(resource, 0.0):g}; reduce backend.workers, add nodes, or set "
-                "backend.autoscaling=true where the cluster adds nodes on demand"
-            )
-    per_worker = {"CPU": cfg.backend.cpus_per_worker, "GPU": 1.0 if cfg.backend.use_gpu else 0.0}
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if not any(all(n.get(r, 0.0) >= a for r, a in per_worker.items()) for n in nodes):
-        raise NtngError(
-            f"no Ray node can hold one worker ({per_worker['CPU']:g} CPU"
-            f"{', 1 GPU' if cfg.backend.use_gpu else ''}); lower backend.cpus_per_worker"
-        )
-
-
-def _create_mlflow_run(plan: RunPlan) -> str | None:
-    """The MLflow run is created here, so a restarted rank 0 reopens the same one."""
+def _create_tracked_run(plan: RunPlan) -> str | None:
+    """The tracked run is created here, so a restarted rank 0 reopens the same one."""
     if not plan.cfg.tracking.enabled:
         return None
-    from ntng_ray.track.mlflow_run import MlflowRun, run_tags
-
-    tags = run_tags(plan.cfg, plan.table.table_id, plan.table.content_hash)
-    run = MlflowRun.start(plan.cfg, tags)
-    return run.run_id
+    tags = tracker.run_tags(plan.cfg, plan.table.table_id, plan.table.content_hash)
+    return tracker.start_run(plan.cfg, tags).run_id
 
 
-def _end_mlflow_run(plan: RunPlan, run_id: str | None, status: str) -> None:
-    if run_id is None:
-        return
-    from ntng_ray.track.mlflow_run import MlflowRun
-
-    MlflowRun.start(plan.cfg, {}, run_id=run_id).end(status)
-
-
-def progress_metrics(source: dict[str, Any], budget: float, val_loss: float) -> dict[str, Any]:
-    """What every report to Ray carries, under the names Tune's stoppers and searchers read:
-    RST spent and budgeted, the step, and the latest validation loss."""
-    return {
-        "rst_seconds": source["rst_seconds"],
-        "rst_progress": source["rst_progress"],
-        "step": source["step"],
-        "budget_rst_seconds": budget,
-        "val_loss": val_loss,
-    }
-
-
-class WorkerReports:
-    """A worker's reports to Ray Train: validation points (from every rank, as ``report`` is a
-    barrier) and checkpoints, each with the latest validation loss."""
-
-    def __init__(self, budget: float) -> None:
-        self.budget = budget
-        self.val_loss = math.nan
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        if record["event"] != "validation":
-            return
-        self.val_loss = record["loss"]
-        extra = {"train_eval_loss": record["train_eval_loss"], "progress_point": record["progress"]}
-        ray.train.report(progress_metrics(record, self.budget, self.val_loss) | extra)
-
-    def checkpoint(self, folder: Path, progress: dict[str, Any]) -> None:
-        ray.train.report(
-            progress | progress_metrics(progress, self.budget, self.val_loss),
-            checkpoint=Checkpoint.from_directory(str(folder)),
-            checkpoint_dir_name=f"step-{progress['step']:07d}",
-        )
+def _end_tracked_run(plan: RunPlan, run_id: str | None, status: str) -> None:
+    if run_id is not None:
+        tracker.end_run(plan.cfg, run_id, status)
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -246,7 +155,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.train.threads or max(1, int(cfg.backend.cpus_per_worker)))
     plan = plan_run(cfg, check_output_dir=False)
     device = ray.train.torch.get_device() if cfg.backend.use_gpu else pick_device("cpu")
-    reports = WorkerReports(cfg.budget.seconds)
+    reports = worker_reports(cfg.budget.seconds)
     run = build_run(plan, placement, device, checkpoint_sink=reports.checkpoint)
     engine = run.engine
     checkpoint = ray.train.get_checkpoint()

@@ -11,7 +11,7 @@ import json
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from ntng_ray.models.export import MODEL_FOLDER
 from ntng_ray.train.loop import CheckpointSink, Reporter, build_run
 from ntng_ray.train.outputs import JsonlWriter
 from ntng_ray.train.plan import RunPlan, plan_run
+
+if TYPE_CHECKING:
+    from ntng_ray.track.tracker import RunTracker
 
 CHECKPOINT_FOLDER = "checkpoints"
 
@@ -130,22 +133,23 @@ def keep_latest_checkpoint(folder: Path) -> CheckpointSink:
 
 def tracked(
     plan: RunPlan, engine: Engine, run_id: str | None = None
-) -> contextlib.AbstractContextManager:
-    """The run's MLflow run (ended FINISHED, FAILED or KILLED as it goes), or None when off.
+) -> contextlib.AbstractContextManager[RunTracker | None]:
+    """The run's tracker (ended FINISHED, FAILED or KILLED as it goes), or None when off.
 
-    MLflow is imported only here, so the loop runs where it is not installed.
+    The tracking backend (MLflow) is loaded only here, so the loop runs where it is not
+    installed.
     """
     if not plan.cfg.tracking.enabled:
         return contextlib.nullcontext(None)
-    from ntng_ray.track.mlflow_run import run_tags, track_run
+    from ntng_ray.track import tracker
 
-    tags = run_tags(
+    tags = tracker.run_tags(
         plan.cfg,
         plan.table.table_id,
         plan.table.content_hash,
         hardware=environment(engine.device)["hardware"],
     )
-    return track_run(plan.cfg, tags, run_id=run_id)
+    return tracker.track_run(plan.cfg, tags, run_id=run_id)
 
 
 def read_summary(output_dir: Path) -> dict[str, Any]:

@@ -295,7 +295,7 @@ def test_unknown_sweep_names_the_name_the_store_and_the_sweeps_there(store: dict
 def test_report_reads_protocol_budgets_and_seed_counts(report: SweepReport, store: dict) -> None:
     assert (report.sweep, report.parent_run_id) == ("demo", store["parent"])
     assert report.protocol.searcher == "random" and report.protocol.warnings() == []
-    assert report.sweep_rst_seconds == 250.5 and report.rho_il_rst_seconds is None
+    assert report.sweep_rst_seconds == 250.5 and report.preparation_rst_seconds is None
     assert [b.budget_rst_seconds for b in report.budgets] == [10.0, 20.0]
     ten, twenty = report.budgets
     base10, stack10 = ten.strategies
@@ -375,7 +375,7 @@ def test_markdown_shows_numbers_intervals_verdicts_and_the_method(report: SweepR
     ]
     assert "| stacking | 1 / 2 (over_budget: seed 1) | 3.2000 (n=1) | -0.3000 [CI n/a] " in text
     assert "| insufficient seeds |" in text
-    assert "| baseline | 2 | 39.5 s |" in text and "optimizer.lr=0.003 |" in text
+    assert "| baseline | 2 | 39.5 s | n/a |" in text and "optimizer.lr=0.003 |" in text
     assert "Welch's t" in text and "ddof = 1" in text and "min-max band" in text
     assert text.index("## Budget 10 RST s\n") < text.index("## Budget 20 RST s\n")
     assert "![val_loss_vs_rst_20.png](val_loss_vs_rst_20.png)" in text

@@ -37,6 +37,7 @@ def group_is_gone(pgid: int) -> bool:
     return False
 
 
+@pytest.mark.integration
 def test_serve_ui_answers_on_loopback_and_stops_cleanly(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     port = free_port()

@@ -18,7 +18,7 @@ from ntng_ray.engines.engine import Engine
 from ntng_ray.errors import NtngError
 from ntng_ray.rst.clock import FORWARD, forward_cost
 from ntng_ray.rst.table import load_table
-from ntng_ray.strategies import register, strategy_names
+from ntng_ray.strategies import register, resolve_strategy, strategy_names
 from ntng_ray.strategies.base import Candidates, Cost, Examples, Strategy, StrategyParams
 
 FAST = [
@@ -63,6 +63,7 @@ def toy_registered() -> None:
     register(KeepFirstOfEach)
 
 
+@pytest.mark.integration
 def test_toy_strategy_runs_through_ntng_pretrain(tmp_path, capsys) -> None:
     assert "toy_keep_first" in strategy_names()
     out = tmp_path / "toy"
@@ -84,11 +85,15 @@ def test_toy_strategy_runs_through_ntng_pretrain(tmp_path, capsys) -> None:
 
 def test_toy_parameters_are_validated() -> None:
     with pytest.raises(NtngError, match=r"strategy\.keep_every = 'x'"):
-        load_config(
-            "bert-tiny-synthetic", ["strategy.name=toy_keep_first", "strategy.keep_every=x"]
+        resolve_strategy(
+            load_config(
+                "bert-tiny-synthetic", ["strategy.name=toy_keep_first", "strategy.keep_every=x"]
+            )
         )
     with pytest.raises(NtngError, match="not a parameter of toy_keep_first; allowed: keep_every"):
-        load_config("bert-tiny-synthetic", ["strategy.name=toy_keep_first", "strategy.keep=2"])
+        resolve_strategy(
+            load_config("bert-tiny-synthetic", ["strategy.name=toy_keep_first", "strategy.keep=2"])
+        )
 
 
 def test_registering_a_taken_name_is_refused() -> None:

@@ -23,11 +23,11 @@ from ntng_ray.models.active_layers import layer_stacks
 from ntng_ray.models.builders import TokenIds, build_model
 from ntng_ray.rst.clock import step_cost
 from ntng_ray.rst.table import load_table
-from ntng_ray.strategies import StrategyContext, build_strategy
+from ntng_ray.strategies import StrategyContext, build_strategy, resolve_strategy
 from ntng_ray.strategies.layer_dropping import drop_probabilities, keep_level
 from ntng_ray.strategies.layer_stacking import LayerStacking, block_pairs
 from ntng_ray.train.loop import build_run
-from ntng_ray.train.plan import plan_run
+from ntng_ray.train.plan import checked_strategy, plan_run
 from ntng_ray.train.run import pretrain
 
 CPU = torch.device("cpu")
@@ -55,7 +55,8 @@ def config(family: str, strategy: str, *overrides: str) -> RunConfig:
 
 
 def strategy_for(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Any:
-    return build_strategy(StrategyContext(cfg, load_table(cfg.rst.table), rank, world_size))
+    context = StrategyContext(cfg, load_table(cfg.rst.table), rank, world_size)
+    return build_strategy(context, checked_strategy(cfg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def test_bad_parameters_fail_naming_the_field(
     strategy: str, overrides: list[str], message: str
 ) -> None:
     with pytest.raises(NtngError, match=message):
-        config("bert", strategy, *overrides)
+        resolve_strategy(config("bert", strategy, *overrides))
 
 
 @pytest.mark.parametrize(
@@ -284,6 +285,7 @@ def run_in_process(cfg: RunConfig) -> tuple[Any, list[dict]]:
     return run, records
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["bert", "t5"])
 def test_stacking_run_grows_smoothly_charges_the_depth_and_learns(family: str, tmp_path) -> None:
     """Growth keeps what the shallow model learned: the loss on a fixed batch, measured just
@@ -328,6 +330,7 @@ def test_stacking_run_grows_smoothly_charges_the_depth_and_learns(family: str, t
     assert_finished_at_budget(summary, cfg, cfg.train.microbatch_size)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["bert", "t5"])
 def test_dropping_run_charges_the_active_layers_and_learns(family: str, tmp_path) -> None:
     cfg = config(family, "layer_dropping", "budget.rst_seconds=4", f"output_dir={tmp_path}")
@@ -348,6 +351,7 @@ def test_dropping_run_charges_the_active_layers_and_learns(family: str, tmp_path
 # Two Ray Train workers: DDP (torch engine), and DeepSpeed ZeRO 2
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("strategy", "family", "engine"),
     [

@@ -12,7 +12,7 @@ from ntng_ray.errors import NtngError
 from ntng_ray.sweep.plan import base_mapping, check_trial_configs, rst_plan, stages
 from ntng_ray.sweep.spec import load_sweep, shipped_sweep_names
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 def write_sweep(tmp_path: Path, **changes) -> str:
@@ -141,10 +141,12 @@ def test_debug_sweep_compares_all_seven_strategies() -> None:
     }
     assert spec.search.trials == 2 and spec.final.seeds == 2
     kinds = [stage.kind for stage in stages(spec)]
-    assert kinds == ["rho_il"] + ["tune"] * 7 + ["final"]
+    assert kinds == ["prepare"] + ["tune"] * 7 + ["final"]
+    assert stages(spec)[0].strategy == "rho_loss"
     budget = spec.budgets[0].seconds
     il = spec.strategies["rho_loss"].settings["strategy.il_budget_rst_seconds"]
-    assert sum(r["rst_seconds"] for r in rst_plan(spec)) == il + 7 * 2 * budget + 7 * 2 * budget
+    plan = rst_plan(spec, base_mapping(spec))
+    assert sum(r["rst_seconds"] for r in plan) == il + 7 * 2 * budget + 7 * 2 * budget
 
 
 def test_paper_sweeps_use_the_study_budgets() -> None:

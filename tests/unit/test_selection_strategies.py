@@ -20,14 +20,15 @@ from fast import SMALL_DATA
 
 from ntng_ray.config import load_config
 from ntng_ray.errors import NtngError
+from ntng_ray.preparation.strategy import run_prepare_cli
 from ntng_ray.rst.clock import FORWARD, forward_cost, step_cost
 from ntng_ray.rst.table import load_table
+from ntng_ray.strategies import resolve_strategy
 from ntng_ray.strategies.base import Candidates, Examples, StrategyContext
 from ntng_ray.strategies.rho_loss import (
     METADATA_FILE,
     VALUES_FILE,
     il_split,
-    run_rho_prepare,
     select_by_reducible_loss,
 )
 from ntng_ray.strategies.scoring import example_losses, per_example_losses
@@ -119,7 +120,12 @@ def selective_backprop(tmp_path: Path, *overrides: str, rank: int = 0) -> Select
         [*FAST, "strategy.name=selective_backprop", *overrides, f"output_dir={tmp_path}"],
     )
     context = StrategyContext(cfg, load_table(cfg.rst.table), rank=rank, world_size=2)
-    return SelectiveBackprop(cfg.strategy.params(), context)
+    return SelectiveBackprop(resolve_strategy(cfg).params, context)
+
+
+def run_rho_prepare(config: str, overrides: list[str]) -> int:
+    """``ntng rho-prepare`` as the CLI runs it."""
+    return run_prepare_cli(config, overrides, "rho-prepare", "rho_loss")
 
 
 def planted(ids: np.ndarray) -> np.ndarray:
@@ -252,6 +258,7 @@ def il_dir(tmp_path_factory) -> Callable[[str], Path]:
     return make
 
 
+@pytest.mark.integration
 def test_rho_prepare_covers_every_training_row_outside_the_il_split(tmp_path, il_dir) -> None:
     folder = il_dir("bert-tiny-synthetic")
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # nothing left over
@@ -282,7 +289,7 @@ def _check_budgeted_run(summary: dict, cfg, out: Path, scored_per_step: int) -> 
     """At the budget (less than one step's most costly step below it), and learning."""
     table = load_table(cfg.rst.table)
     most = sum(step_cost(table, LAYERS, 16).values())
-    if not cfg.strategy.params().free_scoring:
+    if not resolve_strategy(cfg).params.free_scoring:
         most += forward_cost(table, LAYERS, scored_per_step)
     budget = cfg.budget.seconds
     assert summary["rst_seconds"] <= budget
@@ -298,6 +305,7 @@ def _check_budgeted_run(summary: dict, cfg, out: Path, scored_per_step: int) -> 
     assert train_lines and all("selection_ratio" in line for line in train_lines)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("config", CONFIGS)
 def test_selective_backprop_run_finishes_at_budget_and_learns(tmp_path, config: str) -> None:
     out = tmp_path / "run"
@@ -316,6 +324,7 @@ def test_selective_backprop_run_finishes_at_budget_and_learns(tmp_path, config: 
     assert "charged" in summary["strategy_summary"]["scoring"]
 
 
+@pytest.mark.integration
 def test_selective_backprop_free_scoring_charges_training_only(tmp_path) -> None:
     out = tmp_path / "run"
     cfg = load_config(
@@ -331,6 +340,7 @@ def test_selective_backprop_free_scoring_charges_training_only(tmp_path) -> None
     assert "free" in summary["strategy_summary"]["scoring"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("config", CONFIGS)
 def test_rho_loss_run_finishes_at_budget_learns_and_reports_il_cost(
     tmp_path, il_dir, config: str
@@ -374,6 +384,7 @@ def test_rho_loss_without_il_dir_is_refused_naming_the_field(tmp_path) -> None:
         pretrain(_rho_run(tmp_path, "bert-tiny-synthetic", f"strategy.il_dir={tmp_path / 'no'}"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("config", "overrides", "named"),
     [
@@ -392,6 +403,7 @@ def test_mismatched_il_dir_is_refused_naming_what_differs(
         pretrain(cfg)
 
 
+@pytest.mark.integration
 def test_il_dir_missing_ids_is_refused(tmp_path, il_dir) -> None:
     folder = tmp_path / "partial"
     shutil.copytree(il_dir("bert-tiny-synthetic"), folder)
@@ -403,13 +415,13 @@ def test_il_dir_missing_ids_is_refused(tmp_path, il_dir) -> None:
 
 
 def test_rho_prepare_leaves_nothing_half_written(tmp_path, monkeypatch) -> None:
-    import ntng_ray.train.run
+    import ntng_ray.preparation.strategy
 
     def fail(cfg):
         (Path(cfg.output_dir) / "partial").mkdir(parents=True)
         raise RuntimeError("IL training died")
 
-    monkeypatch.setattr(ntng_ray.train.run, "pretrain", fail)
+    monkeypatch.setattr(ntng_ray.preparation.strategy, "pretrain", fail)
     target = tmp_path / "il"
     with pytest.raises(RuntimeError, match="died"):
         run_rho_prepare("bert-tiny-synthetic", [*FAST, f"output_dir={target}"])
@@ -425,6 +437,7 @@ def test_rho_prepare_leaves_nothing_half_written(tmp_path, monkeypatch) -> None:
 # --- two Ray Train workers -------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("strategy", "engine"), [("selective_backprop", "deepspeed"), ("rho_loss", "torch")]
 )

@@ -55,7 +55,7 @@ def test_run_stops_within_one_step_of_budget_and_learns(
     assert [line["step"] for line in train_lines] == list(range(5, summary["steps"] + 1, 5))
 
 
-def test_cli_contract_summary_fields(tmp_path, capsys) -> None:
+def test_cli_run_writes_the_summary_fields(tmp_path, capsys) -> None:
     out = tmp_path / "cli-run"
     code = main(
         ["pretrain", "bert-tiny-synthetic", *FAST, "budget.rst_seconds=3", f"output_dir={out}"]

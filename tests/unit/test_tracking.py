@@ -326,6 +326,7 @@ def _first_run(cfg: RunConfig, go: Event) -> None:
     MlflowRun.start(cfg, {"mlflow.runName": "raced"}).end("FINISHED")
 
 
+@pytest.mark.integration
 def test_processes_racing_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
     """Two first runs at once: one migrates the new SQLite store, neither fails."""
     cfg = make_cfg(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="raced")

@@ -156,8 +156,15 @@ def test_debug_sweep_reduced_end_to_end(tmp_path: Path) -> None:
     finals = [r for r in runs if r.data.tags["ntng.phase"] == "final"]
     assert {r.data.tags["ntng.strategy"] for r in finals} == set(spec.strategies)
     assert len(finals) == 3 and all(r.info.status == "FINISHED" for r in finals)
-    assert summary["rho_il_rst_seconds"] > 0
+    assert summary["preparation_rst_seconds"] > 0
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.metrics["preparation_rst_seconds"] == summary["preparation_rst_seconds"]
+    prepared = {
+        r.data.tags["ntng.strategy"]: r.data.metrics["preparation_rst_seconds"] for r in finals
+    }
+    assert prepared["rho_loss"] > 0 and prepared["baseline"] == 0
     report = (tmp_path / "report" / "report.md").read_text()
+    assert "of which strategies' preparation" in report
     for name in spec.strategies:
         assert name in report
     assert list((tmp_path / "report").glob("*.png"))

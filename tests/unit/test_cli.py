@@ -43,6 +43,7 @@ def test_rst_list_and_validate(capsys) -> None:
     assert run(capsys, "rst", "validate", "paper-t5-a100")[0] == 0
 
 
+@pytest.mark.integration
 def test_calibrate_writes_a_table_that_validates(tmp_path, capsys) -> None:
     out = tmp_path / "table.json"
     code, text = run(

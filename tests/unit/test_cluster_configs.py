@@ -31,7 +31,7 @@ from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_h
 import ntng_ray
 from ntng_ray.errors import NtngError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 AWS = CLUSTER / "aws.yaml"
 KUBERAY = CLUSTER / "kuberay"

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 from downstream_data import hub_cb, small_benchmarks
 from fast import SMALL_DATA
+from paths import SHARED_DATA
 
 from ntng_ray.cli import main
 from ntng_ray.config import load_config

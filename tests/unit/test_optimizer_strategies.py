@@ -28,9 +28,10 @@ from ntng_ray.engines.optimizers import (
 from ntng_ray.errors import NtngError
 from ntng_ray.rst.clock import HESSIAN, step_cost
 from ntng_ray.rst.table import load_table, validate_table
-from ntng_ray.strategies import StrategyContext, build_strategy
+from ntng_ray.strategies import StrategyContext, build_strategy, resolve_strategy
 from ntng_ray.strategies.optimizer_method import STUDY_SETTINGS
 from ntng_ray.strategies.sophia import check_engine
+from ntng_ray.train.plan import checked_strategy
 
 FAST = [
     *SMALL_DATA,
@@ -159,6 +160,7 @@ def estimate_worker(rank: int, port: int, out: Path) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_workers_hold_the_same_estimate_of_the_whole_batch(tmp_path: Path) -> None:
     torch.multiprocessing.spawn(estimate_worker, args=(free_port(), tmp_path), nprocs=2)
     model = SoftmaxRegression()
@@ -180,6 +182,7 @@ def _run(tmp_path: Path, config: str, strategy: str, *overrides: str) -> tuple:
     return cfg, pretrain(cfg)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("free", [False, True])
 def test_sophia_estimates_every_k_steps_and_charges_each_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: bool
@@ -211,6 +214,7 @@ def test_sophia_estimates_every_k_steps_and_charges_each_pass(
     assert fields["hessian_priced_by"] == "hessian_seconds"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("strategy", ["lion", "sophia"])
 @pytest.mark.parametrize("config", ["bert-tiny-synthetic", "t5-tiny-synthetic"])
 def test_budgeted_run_stops_at_budget_and_learns(tmp_path: Path, config: str, strategy: str):
@@ -234,7 +238,7 @@ def test_budgeted_run_stops_at_budget_and_learns(tmp_path: Path, config: str, st
 
 def _build(config: str, *overrides: str):
     cfg = load_config(config, list(overrides))
-    return build_strategy(StrategyContext(cfg, load_table(cfg.rst.table)))
+    return build_strategy(StrategyContext(cfg, load_table(cfg.rst.table)), checked_strategy(cfg))
 
 
 @pytest.mark.parametrize(
@@ -279,7 +283,7 @@ def test_an_optimizer_section_tuned_for_another_optimizer_gives_the_study_settin
 )
 def test_invalid_parameters_name_their_field(strategy: str, setting: str, field: str) -> None:
     with pytest.raises(NtngError, match=field.replace("[", r"\[")):
-        load_config("bert-tiny-synthetic", [f"strategy.name={strategy}", setting])
+        resolve_strategy(load_config("bert-tiny-synthetic", [f"strategy.name={strategy}", setting]))
 
 
 def test_a_table_that_prices_other_optimizers_only_is_refused(tmp_path: Path) -> None:
@@ -322,6 +326,7 @@ def test_engine_whose_optimizer_holds_flat_copies_is_refused() -> None:
     check_engine(SimpleNamespace(model=model, optimizer=build_sophia(model, 0.1, 0.0)))
 
 
+@pytest.mark.integration
 def test_calibrated_table_prices_every_optimizer_and_the_hessian() -> None:
     from ntng_ray.preparation.calibrate import calibrate
 
