@@ -2,7 +2,7 @@
 
 ``--checkpoint`` may name the run's output_dir or its ``model/`` folder; both resolve to the
 folder holding the HF model, ``tokenizer.json`` and ``ntng_model.json`` (see
-``ntng_ray.train.run.export_model``).
+``ntng_ray.train.lifecycle.export_model``).
 """
 
 from __future__ import annotations

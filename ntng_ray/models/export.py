@@ -1,6 +1,6 @@
 """Where a run's final model lives in its output folder, and how to load it back for scoring.
 
-The pretraining run writes it (``ntng_ray.train.run.export_model``); fine-tuning and a
+The pretraining run writes it (``ntng_ray.train.lifecycle.export_model``); fine-tuning and a
 strategy's preparation (RHO-loss's irreducible losses) read it.
 """
 

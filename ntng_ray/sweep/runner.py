@@ -320,7 +320,11 @@ def _run_tune(
 
     grid_result = _fit(spec, stage, trainable, make_tuner)
     outcomes = _close_trials(spec, grid_result, tracker)
-    completed = [r for r in grid_result if outcomes[r.metrics.get("trial_id", "")] == "completed"]
+    completed = [
+        r
+        for r in grid_result
+        if outcomes[r.metrics.get(schema.RESULT_TRIAL_ID, "")] == schema.OUTCOME_COMPLETED
+    ]
     best = min(completed, key=lambda r: r.metrics["final_validation_loss"], default=None)
     record: dict[str, Any] = {
         "rst_seconds": _rst_spent(grid_result),
@@ -331,12 +335,12 @@ def _run_tune(
         print(f"no tuning trial of {stage.strategy} completed: it has no final runs", flush=True)
         return record
     record["best"] = {
-        "trial_id": best.metrics["trial_id"],
+        "trial_id": best.metrics[schema.RESULT_TRIAL_ID],
         "params": best.config["trial"]["params"],
         "final_validation_loss": best.metrics["final_validation_loss"],
     }
     if tracker is not None:
-        tracker.tag_child(best.metrics["trial_id"], {schema.TAG_SELECTED: "true"})
+        tracker.tag_child(best.metrics[schema.RESULT_TRIAL_ID], {schema.TAG_SELECTED: "true"})
     print(f"best {stage.strategy}: {record['best']}", flush=True)
     return record
 
@@ -363,16 +367,20 @@ def _run_final(
     outcomes = _close_trials(spec, grid_result, tracker)
     checkpoints = [
         {
-            "trial_id": result.metrics["trial_id"],
+            "trial_id": result.metrics[schema.RESULT_TRIAL_ID],
             "strategy": result.config["trial"]["strategy"],
             "seed": result.config["trial"]["seed"],
             "checkpoint": str(
-                trial_output_dir(sweep_root(spec), stage.key, result.metrics["trial_id"])
+                trial_output_dir(
+                    sweep_root(spec), stage.key, result.metrics[schema.RESULT_TRIAL_ID]
+                )
             ),
-            "run_id": tracker.find_child(result.metrics["trial_id"]) if tracker else None,
+            "run_id": tracker.find_child(result.metrics[schema.RESULT_TRIAL_ID])
+            if tracker
+            else None,
         }
         for result in grid_result
-        if outcomes[result.metrics.get("trial_id", "")] == "completed"
+        if outcomes[result.metrics.get(schema.RESULT_TRIAL_ID, "")] == schema.OUTCOME_COMPLETED
     ]
     return {
         "rst_seconds": _rst_spent(grid_result),
@@ -417,7 +425,7 @@ def _run_downstream(
     done = [
         (r.config["trial"], Path(context["root"]) / "downstream" / stage.key / tid)
         for r in grid_result
-        if outcomes[tid := r.metrics.get("trial_id", "")] == "completed"
+        if outcomes[tid := r.metrics.get(schema.RESULT_TRIAL_ID, "")] == schema.OUTCOME_COMPLETED
     ]
     averages = log_suite_averages(tracker, context, done) if tracker else {}
     print(f"downstream suite averages by pretraining run: {averages}", flush=True)
@@ -432,7 +440,7 @@ def _close_trials(
     outcomes: dict[str, str] = {}
     interrupted = 0
     for result in grid_result:
-        trial_id = result.metrics.get("trial_id", "")
+        trial_id = result.metrics.get(schema.RESULT_TRIAL_ID, "")
         how = outcome(
             result.metrics,
             result.error is not None,

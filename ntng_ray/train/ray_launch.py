@@ -25,11 +25,7 @@ from ntng_ray.config import RunConfig as NtngConfig
 from ntng_ray.engines.device import pick_device
 from ntng_ray.strategies import resolve_strategy, with_resolved_params
 from ntng_ray.track import schema, tracker
-from ntng_ray.train.loop import Placement, Reporter, build_run
-from ntng_ray.train.plan import RunPlan, plan_run
-from ntng_ray.train.progress_reports import worker_reports
-from ntng_ray.train.ray_cluster import check_fits, connect, required_resources
-from ntng_ray.train.run import (
+from ntng_ray.train.lifecycle import (
     begin_outputs,
     drop_lines_after,
     finish_outputs,
@@ -37,6 +33,10 @@ from ntng_ray.train.run import (
     read_summary,
     tracked,
 )
+from ntng_ray.train.loop import Placement, Reporter, build_run
+from ntng_ray.train.plan import RunPlan, plan_run
+from ntng_ray.train.progress_reports import worker_reports
+from ntng_ray.train.ray_cluster import check_fits, connect, required_resources
 
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "HF_HOME")
 
