@@ -200,13 +200,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ntng_ray.config import TrackingConfig
-    from ntng_ray.sweep.report import (
-        build_report,
-        find_parent_run,
-        open_report_client,
-        publish_report,
-        render_markdown,
-    )
+    from ntng_ray.sweep.render import publish_report, render_markdown
+    from ntng_ray.sweep.results import build_report, find_parent_run, open_report_client
     from ntng_ray.track.tracker import resolve_store as resolve_tracking_uri
 
     client = open_report_client(resolve_tracking_uri(TrackingConfig(uri=args.tracking_uri)))

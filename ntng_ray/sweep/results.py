@@ -31,11 +31,9 @@ __all__ = [
     "Protocol",
     "StrategyResult",
     "SweepReport",
-    "budget_label",
     "build_report",
     "find_parent_run",
     "open_report_client",
-    "open_results",
 ]
 
 CONFIDENCE = 0.95

@@ -474,9 +474,10 @@ def sweep_totals(state: SweepState) -> dict[str, float]:
 
 def _publish_report(tracker: SweepTracker, out: Path | None) -> str:
     """Write the report to the parent run (and ``out``); return its Markdown for the terminal."""
-    from ntng_ray.sweep.report import build_report, open_results, publish_report, render_markdown
+    from ntng_ray.sweep.render import publish_report, render_markdown
+    from ntng_ray.sweep.results import build_report, open_report_client
 
-    results = open_results(tracker.uri)
+    results = open_report_client(tracker.uri)
     report = build_report(results, tracker.parent_run_id)
     publish_report(results, report, out)
     return render_markdown(report)

@@ -13,14 +13,13 @@ from mlflow.entities import Metric, Param
 
 from ntng_ray.cli import main
 from ntng_ray.errors import NtngError
-from ntng_ray.sweep.report import (
+from ntng_ray.sweep.plan import budget_label
+from ntng_ray.sweep.render import publish_report, render_markdown
+from ntng_ray.sweep.results import (
     SweepReport,
-    budget_label,
     build_report,
     find_parent_run,
     open_report_client,
-    publish_report,
-    render_markdown,
 )
 from ntng_ray.sweep.stats import (
     BETTER,
