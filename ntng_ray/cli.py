@@ -64,9 +64,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         f"{summary['preparation_rst_seconds']:.1f}); folder {summary['root']}"
     )
     if "report" in summary:
-        print(summary["report"])
-        where = f" and in {args.out}" if args.out else ""
-        print(f"report files: MLflow run {summary['parent_run_id']}, artifacts report/{where}")
+        # The report without image links, then report.html's path and the UI address.
+        print(summary["report"], end="")
     return 0
 
 
@@ -200,17 +199,17 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ntng_ray.config import TrackingConfig
-    from ntng_ray.sweep.render import publish_report, render_markdown
+    from ntng_ray.sweep.render import publish_report, terminal_text
     from ntng_ray.sweep.results import build_report, find_parent_run, open_report_client
     from ntng_ray.track.tracker import resolve_store as resolve_tracking_uri
 
     client = open_report_client(resolve_tracking_uri(TrackingConfig(uri=args.tracking_uri)))
     report = build_report(client, find_parent_run(client, args.sweep))
-    files = publish_report(client, report, Path(args.out) if args.out else None)
-    print(render_markdown(report, images=False))
+    out = Path(args.out) if args.out else None
+    files = publish_report(client, report, out, ui_url=args.ui_url)
     for path in files:
         print(f"wrote {path}")
-    print(f"logged the report on MLflow run {report.parent_run_id} under report/")
+    print(terminal_text(report, files, ui_url=args.ui_url), end="")
     return 0
 
 
@@ -436,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep", help="sweep name (its most recent parent run) or parent run id")
     report.add_argument("--out", help="folder to write the report into as well")
     report.add_argument("--tracking-uri", help="MLflow store (default: as `ntng ui`)")
+    report.add_argument(
+        "--ui-url",
+        help=(
+            "address of the MLflow UI serving that store, e.g. http://127.0.0.1:5000: the "
+            "report links strategies and runs there (default: the tracking URI if it is http)"
+        ),
+    )
     report.set_defaults(func=_cmd_report)
     return parser
 

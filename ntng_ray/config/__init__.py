@@ -212,6 +212,18 @@ class TrackingConfig(Section):
         description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db.",
     )
     experiment: str = Field("ntng", min_length=1, description="MLflow experiment name.")
+    run_name: str | None = Field(
+        None, min_length=1, description="The run's name in MLflow; default: the run's `name`."
+    )
+    parent_run_id: str | None = Field(
+        None,
+        min_length=1,
+        description="Make the run a child of this MLflow run (a sweep sets it for the runs it "
+        "starts, e.g. a strategy's preparation).",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Extra MLflow tags, set over the run's own."
+    )
 
 
 class EvalConfig(Section):

@@ -26,6 +26,7 @@ from ntng_ray.config import (
 from ntng_ray.preparation.strategy import preparation_for
 from ntng_ray.strategies import resolve_strategy, strategy_class
 from ntng_ray.sweep.spec import SweepSpec, dotted_items
+from ntng_ray.track import schema
 from ntng_ray.train.ray_launch import pin_shared_paths
 
 StageKind = Literal["prepare", "tune", "final", "downstream"]
@@ -51,12 +52,30 @@ def budget_label(seconds: float) -> str:
     return f"{seconds:g}" if seconds < 1e15 else str(int(seconds))
 
 
+# Searchers whose points do not depend on earlier results: every strategy's tuning trials are
+# drawn before the stage and run as one Tune experiment (one start-up, reused trial processes).
+SAMPLED_UP_FRONT = frozenset({"grid", "random"})
+
+
+def tunes_together(spec: SweepSpec) -> bool:
+    """Whether one tuning stage runs every strategy's trials (grid and random searchers); an
+    adaptive searcher (optuna, hyperopt) needs one experiment per strategy."""
+    return spec.search.searcher in SAMPLED_UP_FRONT
+
+
+def tuning_stages(spec: SweepSpec, budget: float) -> list[Stage]:
+    """The budget's tuning stage(s): one for every strategy, or one per strategy."""
+    if tunes_together(spec):
+        return [Stage("tune", budget)]
+    return [Stage("tune", budget, name) for name in spec.strategy_order()]
+
+
 def stages(spec: SweepSpec) -> list[Stage]:
     """Every stage of the sweep in the order it runs."""
     order: list[Stage] = []
     for budget in sorted(b.seconds for b in spec.budgets):
         order += [Stage("prepare", budget, name) for name in prepared_strategies(spec)]
-        order += [Stage("tune", budget, name) for name in spec.strategy_order()]
+        order += tuning_stages(spec, budget)
         order.append(Stage("final", budget))
         if spec.downstream:
             order.append(Stage("downstream", budget))
@@ -188,13 +207,22 @@ def check_trial_configs(spec: SweepSpec, base: dict[str, Any]) -> None:
 
 
 def tuning_seed(spec: SweepSpec) -> int:
-    """Tuning trials train with the first final seed: tuning and finals share a data order."""
-    return spec.final.first_seed
+    """Tuning trials train with their own seed, never a final one: the final mean holds no run
+    that won the selection."""
+    return spec.search.train_seed
 
 
-def preparation_config(spec: SweepSpec, base: dict[str, Any], stage: Stage) -> RunConfig:
+def preparation_config(
+    spec: SweepSpec,
+    base: dict[str, Any],
+    stage: Stage,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> RunConfig:
     """The run config a preparation stage prepares for: the strategy's settings, the budget,
-    the tuning seed (its trials' data order); tracked by nobody (it is no trial)."""
+    the tuning seed (its trials' data order). Its pretraining run (e.g. RHO-loss's IL model) is
+    tracked as a child of ``parent_run_id`` (phase ``prepare``, in the store at
+    ``tracking_uri``); untracked without a parent."""
     assert stage.strategy is not None
     folder = preparation_dir(spec, stage.budget, stage.strategy)
     cfg = trial_config(
@@ -207,7 +235,24 @@ def preparation_config(spec: SweepSpec, base: dict[str, Any], stage: Stage) -> R
         folder,
         f"{spec.name}-{stage.key}",
     )
-    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    if parent_run_id is None:
+        tracking = cfg.tracking.model_copy(update={"enabled": False})
+    else:
+        tracking = cfg.tracking.model_copy(
+            update={
+                "uri": tracking_uri or cfg.tracking.uri,
+                "parent_run_id": parent_run_id,
+                "run_name": f"{stage.strategy} · {schema.PHASE_PREPARE}",
+                "tags": {
+                    schema.TAG_SWEEP: spec.name,
+                    schema.TAG_STRATEGY: stage.strategy,
+                    schema.TAG_PHASE: schema.PHASE_PREPARE,
+                    schema.TAG_BUDGET: repr(float(stage.budget)),
+                    schema.TAG_STAGE: stage.key,
+                },
+            }
+        )
+    return cfg.model_copy(update={"tracking": tracking})
 
 
 def rst_plan(spec: SweepSpec, base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -221,7 +266,8 @@ def rst_plan(spec: SweepSpec, base: dict[str, Any]) -> list[dict[str, Any]]:
             rst = preparation.budget_rst_seconds()
             rows.append({"stage": stage.key, "trials": 1, "rst_seconds": rst})
         elif stage.kind == "tune":
-            trials = counts[stage.strategy]
+            names = [stage.strategy] if stage.strategy else spec.strategy_order()
+            trials = sum(counts[name] for name in names)
             rows.append(
                 {"stage": stage.key, "trials": trials, "rst_seconds": trials * stage.budget}
             )
@@ -244,7 +290,8 @@ def format_plan(spec: SweepSpec, base: dict[str, Any]) -> str:
     lines = [
         f"sweep {spec.name!r}: base {spec.base!r}, budgets "
         f"{[budget_label(b.seconds) for b in spec.budgets]} RST s, searcher "
-        f"{spec.search.searcher}, {spec.final.seeds} final seeds {spec.final_seeds()}, "
+        f"{spec.search.searcher}, tuning seed {tuning_seed(spec)}, {spec.final.seeds} final seeds "
+        f"{spec.final_seeds()}, "
         f"split seed {spec.split_seed}, scheduler {spec.search.scheduler}",
         f"tuning trials per strategy per budget: {spec.tuning_trials()}"
         + ("  (UNEQUAL TUNING ALLOWED)" if spec.search.allow_unequal_tuning else ""),

@@ -1,6 +1,7 @@
 """A sweep's results, read from its tracked runs: the parent run and its child runs turned into
 typed results (per budget, per strategy: seeds, final metrics compared with the baseline,
-tuning cost, the selected configuration, the validation-loss curve).
+steps, tokens and budget share, tuning cost, the selected configuration restricted to the keys
+the strategy's search space tunes, the validation-loss curve with its confidence intervals).
 
 It reads the store only (never the sweep's process memory), so results can be rebuilt at any
 time, from any machine that sees the store, for a finished, resumed or still running sweep.
@@ -17,9 +18,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import yaml
+
 from ntng_ray.errors import NtngError
 from ntng_ray.sweep.plan import budget_label
-from ntng_ray.sweep.stats import Difference, Summary, summarize, verdict, welch_difference
+from ntng_ray.sweep.stats import (
+    CONFIDENCE,
+    Difference,
+    Summary,
+    mean_half_width,
+    summarize,
+    verdict,
+    welch_difference,
+)
 from ntng_ray.track import schema
 from ntng_ray.track.mlflow_results import MlflowResults, RunRecord, open_results, results_of
 
@@ -36,12 +47,13 @@ __all__ = [
     "open_report_client",
 ]
 
-CONFIDENCE = 0.95
+NO_VALUES = Summary(math.nan, math.nan, 0)
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 # Per-trial bookkeeping that differs between trials without being a tuned setting.
 UNTUNED_KEYS = ("name", "output_dir", "seed")
 UNTUNED_PREFIXES = ("tracking.", "backend.")
-# Shown as the best configuration when no tuned setting differs between a strategy's trials.
+# Shown as the best configuration of a sweep whose search spaces are unknown (no sweep file on
+# its parent) when no setting differs between a strategy's trials.
 DEFAULT_CONFIG_KEYS = ("optimizer.lr",)
 DEFAULT_CONFIG_PREFIXES = ("schedule.", "strategy.")
 
@@ -53,10 +65,12 @@ class MetricSpec(NamedTuple):
     suite: str | None = None  # a downstream suite's average, read from the downstream runs
 
 
+# Validation loss first: the question a sweep answers (the report's one-line answers use it).
 LOSSES = (
-    MetricSpec(schema.METRIC_FINAL_TRAIN_EVAL_LOSS, "train-eval loss", higher_is_better=False),
     MetricSpec(schema.METRIC_FINAL_VALIDATION_LOSS, "validation loss", higher_is_better=False),
+    MetricSpec(schema.METRIC_FINAL_TRAIN_EVAL_LOSS, "train-eval loss", higher_is_better=False),
 )
+PRIMARY = schema.METRIC_FINAL_VALIDATION_LOSS
 
 
 @dataclass(frozen=True)
@@ -67,10 +81,49 @@ class Protocol:
     scheduler: str
     allow_unequal_tuning: bool
     trials_by_strategy: dict[str, int]
+    # Seeds of each stage, from the parent's params (None: not logged, e.g. an older sweep).
+    search_seed: int | None = None  # the searcher's
+    train_seed: int | None = None  # tuning trials' training seed (search.train_seed)
+    final_first_seed: int | None = None  # final seeds: first, first + 1, ...
+    split_seed: int | None = None
+
+    @property
+    def final_seeds(self) -> list[int] | None:
+        if self.final_first_seed is None:
+            return None
+        return list(range(self.final_first_seed, self.final_first_seed + self.seeds))
+
+    @property
+    def tuning_seed(self) -> int | None:
+        """The seed tuning trials trained with: search.train_seed, else the first final seed."""
+        return self.train_seed if self.train_seed is not None else self.final_first_seed
 
     def warnings(self) -> list[str]:
         """What makes this sweep depart from the fair protocol, said where readers see it."""
         found = []
+        counts = self.trials_by_strategy or {}
+        fewest = min(counts.values(), default=self.trials)
+        if fewest < 2:
+            few = sorted(name for name, n in counts.items() if n < 2)
+            which = f" ({', '.join(few)})" if few and len(few) < len(counts) else ""
+            found.append(
+                f"With {fewest} trial{'s' if fewest != 1 else ''} per strategy{which} nothing was "
+                "tuned: each strategy ran a single configuration, so the comparison is of "
+                "untuned settings."
+            )
+        finals = self.final_seeds or []
+        if self.train_seed is None and self.final_first_seed is not None:
+            found.append(
+                f"Tuning trained with final seed {self.final_first_seed}: the selected run is "
+                "one of the final runs (same seed, same configuration), so the final mean "
+                "includes the run the selection favoured."
+            )
+        elif self.train_seed is not None and self.train_seed in finals:
+            found.append(
+                f"Tuning trained with seed {self.train_seed}, one of the final seeds: the "
+                "selected run is one of the final runs, so the final mean includes the run the "
+                "selection favoured."
+            )
         if self.allow_unequal_tuning:
             counts = ", ".join(f"{k} {v}" for k, v in self.trials_by_strategy.items())
             found.append(
@@ -96,12 +149,14 @@ class MetricResult:
 
 @dataclass(frozen=True)
 class Curve:
-    """Validation loss against RST: means over seeds at each validation point, min-max band."""
+    """Validation loss against RST: means over seeds at each validation point, min-max band,
+    and the half-width of the 95% t interval for the mean (nan with fewer than 2 seeds)."""
 
     rst: tuple[float, ...]
     mean: tuple[float, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
+    ci: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,8 +171,13 @@ class StrategyResult:
     # RST the strategy's preparation spent for this budget (from its final runs); None if unknown.
     preparation_rst_seconds: float | None
     selected_run_id: str | None
-    best_config: dict[str, str]
+    best_config: dict[str, str]  # the tuned keys' values in the selected trial (as logged)
     curve: Curve
+    # Over the completed final runs: optimizer steps, training tokens, RST spent / budget.
+    steps: Summary = NO_VALUES
+    tokens: Summary = NO_VALUES
+    budget_share: Summary = NO_VALUES
+    selected_experiment_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +201,10 @@ class SweepReport:
     sweep_rst_seconds: float | None
     preparation_rst_seconds: float | None  # all strategies' preparations, over all budgets
     budgets: list[BudgetResult]
+    tracking_uri: str = ""
+    parent_experiment_id: str = ""
+    # Per strategy, the keys its search space tunes; None where the sweep file is not logged.
+    tuned_keys: dict[str, tuple[str, ...]] | None = None
 
 
 # --- finding runs ----------------------------------------------------------------------------
@@ -216,6 +280,15 @@ def _int_tag(run: RunRecord, key: str) -> int:
         ) from None
 
 
+def _int_param(run: RunRecord, key: str) -> int | None:
+    """A parent param as an integer; None where absent, null or not an integer."""
+    text = run.params.get(key)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def _protocol(parent: RunRecord) -> Protocol:
     return Protocol(
         searcher=_tag(parent, schema.TAG_PROTOCOL_SEARCHER),
@@ -229,7 +302,35 @@ def _protocol(parent: RunRecord) -> Protocol:
             str(k): int(v)
             for k, v in _json_tag(parent, schema.TAG_PROTOCOL_TRIALS_BY_STRATEGY, dict).items()
         },
+        search_seed=_int_param(parent, "search.seed"),
+        train_seed=_int_param(parent, "search.train_seed"),
+        final_first_seed=_int_param(parent, "final.first_seed"),
+        split_seed=_int_param(parent, "split_seed"),
     )
+
+
+def _tuned_keys(
+    results: MlflowResults, parent: RunRecord, strategies: Sequence[str]
+) -> dict[str, tuple[str, ...]] | None:
+    """Per strategy, the keys its search space samples (a domain, not a fixed value), read from
+    the sweep file on the parent run; None where the parent has none readable."""
+    text = results.artifact_text(parent.run_id, schema.ARTIFACT_SWEEP_FILE)
+    if text is None:
+        return None
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    entries = spec.get("strategies") if isinstance(spec, dict) else None
+    if not isinstance(entries, dict):
+        return None
+    tuned: dict[str, tuple[str, ...]] = {}
+    for name in strategies:
+        entry = entries.get(name)
+        space = entry.get("space") if isinstance(entry, dict) else None
+        space = space if isinstance(space, dict) else {}
+        tuned[name] = tuple(str(k) for k, domain in space.items() if isinstance(domain, dict))
+    return tuned
 
 
 # --- reading the children --------------------------------------------------------------------
@@ -279,12 +380,22 @@ def _curve(results: MlflowResults, runs: Sequence[RunRecord]) -> Curve:
     rows = []
     for point in sorted(grouped):
         rst_values = [rst for rst, _ in grouped[point]]
-        losses = [loss for _, loss in grouped[point]]
-        rows.append((summarize(rst_values).mean, summarize(losses).mean, min(losses), max(losses)))
-    rst, mean, low, high = (
-        (tuple(column) for column in zip(*rows, strict=True)) if rows else ((),) * 4
+        losses = [loss for _, loss in grouped[point] if math.isfinite(loss)]
+        if not losses:
+            continue
+        rows.append(
+            (
+                summarize(rst_values).mean,
+                summarize(losses).mean,
+                min(losses),
+                max(losses),
+                mean_half_width(losses, CONFIDENCE),
+            )
+        )
+    rst, mean, low, high, ci = (
+        (tuple(column) for column in zip(*rows, strict=True)) if rows else ((),) * 5
     )
-    return Curve(rst, mean, low, high)
+    return Curve(rst, mean, low, high, ci)
 
 
 def _downstream(runs: Iterable[RunRecord]) -> dict[str, dict[str, float]]:
@@ -309,17 +420,23 @@ def _is_tuned_key(key: str) -> bool:
     return key not in UNTUNED_KEYS and not key.startswith(UNTUNED_PREFIXES)
 
 
-def _best_config(tune_runs: Sequence[RunRecord]) -> tuple[str | None, dict[str, str]]:
-    """The selected trial and its settings that differ between the strategy's tuning trials.
+def _best_config(
+    tune_runs: Sequence[RunRecord], tuned: Sequence[str] | None
+) -> tuple[RunRecord | None, dict[str, str]]:
+    """The selected trial and the values of the keys the strategy's search space tunes.
 
-    When none differ (one trial, or a grid of one), the learning rate, schedule and strategy
-    settings are shown instead, so the reader still sees what was run.
+    A trial's params are its whole config (fixed settings too), so only ``tuned`` keys are
+    shown. Where the tuned keys are unknown (``None``: no sweep file on the parent), the
+    settings that differ between the strategy's trials are shown; when none differ, the
+    learning rate, schedule and strategy settings, so the reader still sees what was run.
     """
     selected = [r for r in tune_runs if r.tags.get(schema.TAG_SELECTED, "").lower() == "true"]
     if not selected:
         return None, {}
     best = max(selected, key=lambda r: r.start_time)
     params = best.params
+    if tuned is not None:
+        return best, {key: params[key] for key in tuned if key in params}
     differing = {
         key
         for key in params
@@ -328,7 +445,7 @@ def _best_config(tune_runs: Sequence[RunRecord]) -> tuple[str | None, dict[str, 
     shown = differing or {
         k for k in params if k in DEFAULT_CONFIG_KEYS or k.startswith(DEFAULT_CONFIG_PREFIXES)
     }
-    return best.run_id, {key: params[key] for key in sorted(shown)}
+    return best, {key: params[key] for key in sorted(shown)}
 
 
 def _preparation_rst(finals: Sequence[RunRecord]) -> float | None:
@@ -341,6 +458,15 @@ def _preparation_rst(finals: Sequence[RunRecord]) -> float | None:
         and math.isfinite(value)
     ]
     return max(values) if values else None
+
+
+def _final_summary(finals: Sequence[RunRecord], key: str, scale: float = 1.0) -> Summary:
+    values = [
+        value / scale
+        for run in finals
+        if (value := run.metrics.get(key)) is not None and math.isfinite(value)
+    ]
+    return summarize(values)
 
 
 def _metric_values(
@@ -378,6 +504,8 @@ def _strategy_result(
     columns: Sequence[MetricSpec],
     scores: Mapping[str, Mapping[str, float]],
     baseline: StrategyResult | None,
+    budget: float,
+    tuned: Sequence[str] | None,
 ) -> StrategyResult:
     finals = sorted(
         (r for r in runs if _phase(r) == schema.PHASE_FINAL),
@@ -397,7 +525,7 @@ def _strategy_result(
         )
         for spec in columns
     }
-    selected, config = _best_config(tunes)
+    selected, config = _best_config(tunes, tuned)
     return StrategyResult(
         strategy=strategy,
         seeds_run=len(finals),
@@ -407,9 +535,13 @@ def _strategy_result(
         tuning_trials=len(tunes),
         tuning_rst_seconds=math.fsum(r.metrics.get(schema.METRIC_RST_SECONDS, 0.0) for r in tunes),
         preparation_rst_seconds=_preparation_rst(finals),
-        selected_run_id=selected,
+        selected_run_id=selected.run_id if selected else None,
         best_config=config,
         curve=_curve(results, completed),
+        steps=_final_summary(completed, schema.METRIC_STEPS),
+        tokens=_final_summary(completed, schema.METRIC_TOKENS),
+        budget_share=_final_summary(completed, schema.METRIC_RST_SECONDS, budget),
+        selected_experiment_id=selected.experiment_id if selected else None,
     )
 
 
@@ -419,6 +551,7 @@ def _budget_result(
     strategies: Sequence[str],
     runs: Sequence[RunRecord],
     scores: Mapping[str, Mapping[str, float]],
+    tuned_keys: Mapping[str, tuple[str, ...]] | None,
 ) -> BudgetResult:
     by_strategy: dict[str, list[RunRecord]] = defaultdict(list)
     for run in runs:
@@ -432,7 +565,16 @@ def _budget_result(
     for strategy in strategies:
         baseline = strategy_results[0] if strategy_results else None
         strategy_results.append(
-            _strategy_result(results, strategy, by_strategy[strategy], columns, scores, baseline)
+            _strategy_result(
+                results,
+                strategy,
+                by_strategy[strategy],
+                columns,
+                scores,
+                baseline,
+                budget,
+                None if tuned_keys is None else tuned_keys.get(strategy, ()),
+            )
         )
     return BudgetResult(budget, columns, strategy_results)
 
@@ -464,6 +606,7 @@ def build_report(source: Any, parent_run_id: str) -> SweepReport:
         if _phase(run) in (schema.PHASE_TUNE, schema.PHASE_FINAL):
             budget = _float_or_none(run.tags.get(schema.TAG_BUDGET))
             trials_by_budget[budget].append(run)
+    tuned_keys = _tuned_keys(results, parent, strategies)
     return SweepReport(
         sweep=_tag(parent, schema.TAG_SWEEP),
         parent_run_id=parent.run_id,
@@ -473,7 +616,12 @@ def build_report(source: Any, parent_run_id: str) -> SweepReport:
         sweep_rst_seconds=parent.metrics.get(schema.METRIC_SWEEP_RST_SECONDS),
         preparation_rst_seconds=parent.metrics.get(schema.METRIC_SWEEP_PREPARATION_RST_SECONDS),
         budgets=[
-            _budget_result(results, float(b), strategies, trials_by_budget[float(b)], scores)
+            _budget_result(
+                results, float(b), strategies, trials_by_budget[float(b)], scores, tuned_keys
+            )
             for b in sorted(budgets)
         ],
+        tracking_uri=results.tracking_uri,
+        parent_experiment_id=parent.experiment_id,
+        tuned_keys=tuned_keys,
     )

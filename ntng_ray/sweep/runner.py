@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from ray import tune
 from ray.tune import TuneConfig, Tuner
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.variant_generator import generate_variants
 from ray.tune.stopper import CombinedStopper
 
 from ntng_ray.errors import NtngError
@@ -37,6 +38,7 @@ from ntng_ray.sweep.plan import (
     trial_output_dir,
     tune_storage,
     tuning_seed,
+    tuning_stages,
 )
 from ntng_ray.sweep.progress import ProgressTable
 from ntng_ray.sweep.spec import SweepSpec
@@ -152,7 +154,7 @@ def _run_stage(
 ) -> dict[str, Any]:
     print(f"\n=== stage {stage.key}", flush=True)
     if stage.kind == "prepare":
-        return _run_preparation(spec, base, stage)
+        return _run_preparation(spec, base, stage, tracker)
     if stage.kind == "tune":
         return _run_tune(spec, base, stage, state, tracker)
     if stage.kind == "downstream":
@@ -160,10 +162,16 @@ def _run_stage(
     return _run_final(spec, base, stage, state, tracker)
 
 
-def _run_preparation(spec: SweepSpec, base: dict, stage: Stage) -> dict[str, Any]:
-    """Run a strategy's preparation once per budget, on the cluster, as a Ray task."""
+def _run_preparation(
+    spec: SweepSpec, base: dict, stage: Stage, tracker: SweepTracker | None = None
+) -> dict[str, Any]:
+    """Run a strategy's preparation once per budget, on the cluster, as a Ray task; its
+    pretraining run is a child run of the sweep's parent (phase ``prepare``)."""
     assert stage.strategy is not None
-    cfg = preparation_config(spec, base, stage)
+    if tracker is None:
+        cfg = preparation_config(spec, base, stage)
+    else:
+        cfg = preparation_config(spec, base, stage, tracker.parent_run_id, tracker.uri)
     folder = preparation_dir(spec, stage.budget, stage.strategy)
     task = ray.remote(prepare).options(
         num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
@@ -245,7 +253,9 @@ def _fit_cases(
         return Tuner(
             trainable,
             param_space={"trial": tune.grid_search(cases)},
-            tune_config=TuneConfig(max_concurrent_trials=spec.resources.max_concurrent),
+            tune_config=TuneConfig(
+                max_concurrent_trials=spec.resources.max_concurrent, reuse_actors=True
+            ),
             run_config=_run_config(spec, stage),
         )
 
@@ -253,19 +263,14 @@ def _fit_cases(
 
 
 def _searcher(spec: SweepSpec) -> Any:
-    searcher = spec.search.searcher
-    if searcher == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(seed=spec.search.seed)
-    if searcher == "hyperopt":
+    """The adaptive searcher (grid and random points are drawn up front by ``tuning_cases``)."""
+    if spec.search.searcher == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
         return HyperOptSearch(random_state_seed=spec.search.seed)
-    # Ray Tune limits concurrency inside its basic generator, not through TuneConfig.
-    return BasicVariantGenerator(
-        random_state=spec.search.seed, max_concurrent=spec.resources.max_concurrent
-    )
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=spec.search.seed)
 
 
 def _scheduler(spec: SweepSpec, budget: float) -> Any:
@@ -287,77 +292,120 @@ def to_tune_domain(value: Any) -> Any:
     return getattr(tune, kind)(*args)
 
 
+def tuning_cases(spec: SweepSpec, names: list[str]) -> list[dict[str, Any]]:
+    """Every tuning trial of ``names`` drawn up front (grid and random searchers), as Ray Tune's
+    basic generator draws them: the grid's points, or ``trials`` samples from a generator seeded
+    by ``search.seed`` afresh for each strategy, so strategies with the same space get the same
+    points."""
+    counts = spec.tuning_trials()
+    cases = []
+    for name in names:
+        space = {key: to_tune_domain(d) for key, d in spec.strategies[name].space.items()}
+        rng = np.random.RandomState(spec.search.seed)
+        draws = 1 if spec.search.searcher == "grid" else counts[name]
+        points = [
+            resolved["params"]
+            for _ in range(draws)
+            for _, resolved in generate_variants({"params": space}, random_state=rng)
+        ]
+        cases += [
+            {"strategy": name, "seed": tuning_seed(spec), "params": params, "index": index}
+            for index, params in enumerate(points, start=1)
+        ]
+    return cases
+
+
 def _run_tune(
     spec: SweepSpec, base: dict, stage: Stage, state: SweepState, tracker: SweepTracker | None
 ) -> dict[str, Any]:
-    """One strategy's tuning trials; returns its best configuration and the RST it spent."""
-    assert stage.strategy is not None
-    entry = spec.strategies[stage.strategy]
+    """The tuning trials of one strategy (adaptive searchers) or of all (up-front searchers);
+    returns each strategy's best configuration and the RST spent."""
     context = _stage_context(spec, base, stage, "tune", tracker)
     trainable = _trainable(spec, base, context)
-    space = {key: to_tune_domain(domain) for key, domain in entry.space.items()}
-    trials = spec.tuning_trials()[stage.strategy]
-    grid = spec.search.searcher == "grid"
+    names = [stage.strategy] if stage.strategy else spec.strategy_order()
+    if stage.strategy is None:
+        grid_result = _fit_cases(spec, stage, trainable, tuning_cases(spec, names))
+    else:
+        grid_result = _fit_searched(spec, stage, trainable, stage.strategy)
+    outcomes = _close_trials(spec, grid_result, tracker)
+    best = {name: _best_trial(grid_result, outcomes, name, tracker) for name in names}
+    return {"rst_seconds": _rst_spent(grid_result), "outcomes": outcomes, "best": best}
+
+
+def _fit_searched(spec: SweepSpec, stage: Stage, trainable: Any, strategy: str) -> tune.ResultGrid:
+    """One strategy's tuning trials, proposed by an adaptive searcher as results come in."""
+    space = {key: to_tune_domain(d) for key, d in spec.strategies[strategy].space.items()}
 
     def make_tuner() -> Tuner:
-        searcher = _searcher(spec)
-        basic = isinstance(searcher, BasicVariantGenerator)
         return Tuner(
             trainable,
             param_space={
-                "trial": {"strategy": stage.strategy, "seed": tuning_seed(spec), "params": space}
+                "trial": {"strategy": strategy, "seed": tuning_seed(spec), "params": space}
             },
             tune_config=TuneConfig(
                 metric=schema.RESULT_VAL_LOSS,
                 mode="min",
-                num_samples=1 if grid else trials,
-                search_alg=searcher,
+                num_samples=spec.tuning_trials()[strategy],
+                search_alg=_searcher(spec),
                 scheduler=_scheduler(spec, stage.budget),
-                max_concurrent_trials=None if basic else spec.resources.max_concurrent,
+                max_concurrent_trials=spec.resources.max_concurrent,
+                reuse_actors=True,
             ),
             run_config=_run_config(spec, stage),
         )
 
-    grid_result = _fit(spec, stage, trainable, make_tuner)
-    outcomes = _close_trials(spec, grid_result, tracker)
+    return _fit(spec, stage, trainable, make_tuner)
+
+
+def _best_trial(
+    grid_result: tune.ResultGrid,
+    outcomes: dict[str, str],
+    strategy: str,
+    tracker: SweepTracker | None,
+) -> dict[str, Any] | None:
+    """The strategy's completed tuning trial with the lowest final validation loss, tagged
+    selected; None when none completed."""
     completed = [
         r
         for r in grid_result
-        if outcomes[r.metrics.get(schema.RESULT_TRIAL_ID, "")] == schema.OUTCOME_COMPLETED
+        if r.config["trial"]["strategy"] == strategy
+        and outcomes[r.metrics.get(schema.RESULT_TRIAL_ID, "")] == schema.OUTCOME_COMPLETED
     ]
     best = min(completed, key=lambda r: r.metrics["final_validation_loss"], default=None)
-    record: dict[str, Any] = {
-        "rst_seconds": _rst_spent(grid_result),
-        "outcomes": outcomes,
-        "best": None,
-    }
     if best is None:
-        print(f"no tuning trial of {stage.strategy} completed: it has no final runs", flush=True)
-        return record
-    record["best"] = {
-        "trial_id": best.metrics[schema.RESULT_TRIAL_ID],
+        print(f"no tuning trial of {strategy} completed: it has no final runs", flush=True)
+        return None
+    trial_id = best.metrics[schema.RESULT_TRIAL_ID]
+    if tracker is not None:
+        tracker.tag_child(trial_id, {schema.TAG_SELECTED: "true"})
+    selected = {
+        "trial_id": trial_id,
         "params": best.config["trial"]["params"],
         "final_validation_loss": best.metrics["final_validation_loss"],
     }
-    if tracker is not None:
-        tracker.tag_child(best.metrics[schema.RESULT_TRIAL_ID], {schema.TAG_SELECTED: "true"})
-    print(f"best {stage.strategy}: {record['best']}", flush=True)
-    return record
+    print(f"best {strategy}: {selected}", flush=True)
+    return selected
+
+
+def selected_configs(spec: SweepSpec, state: SweepState, budget: float) -> dict[str, Any]:
+    """Each strategy's selected tuning trial at ``budget`` (None when none completed)."""
+    selected: dict[str, Any] = {}
+    for stage in tuning_stages(spec, budget):
+        selected |= (state.done(stage.key) or {}).get("best") or {}
+    return selected
 
 
 def _run_final(
     spec: SweepSpec, base: dict, stage: Stage, state: SweepState, tracker: SweepTracker | None
 ) -> dict[str, Any]:
     """Every strategy's best configuration over the final seeds, in one experiment."""
-    cases = []
-    for name in spec.strategy_order():
-        tuned = state.done(Stage("tune", stage.budget, name).key) or {}
-        if tuned.get("best") is None:
-            continue
-        cases += [
-            {"strategy": name, "seed": seed, "params": tuned["best"]["params"]}
-            for seed in spec.final_seeds()
-        ]
+    selected = selected_configs(spec, state, stage.budget)
+    cases = [
+        {"strategy": name, "seed": seed, "params": selected[name]["params"]}
+        for seed in spec.final_seeds()
+        for name in spec.strategy_order()
+        if selected.get(name) is not None
+    ]
     if not cases:
         print("no strategy has a completed tuning trial: no final runs", flush=True)
         return {"rst_seconds": 0.0, "outcomes": {}, "checkpoints": []}
@@ -473,11 +521,13 @@ def sweep_totals(state: SweepState) -> dict[str, float]:
 
 
 def _publish_report(tracker: SweepTracker, out: Path | None) -> str:
-    """Write the report to the parent run (and ``out``); return its Markdown for the terminal."""
-    from ntng_ray.sweep.render import publish_report, render_markdown
+    """Write the report to the parent run (and ``out``); return what the terminal shows: its
+    Markdown without image links, report.html's path (when written to ``out``) and the run's
+    address in the MLflow UI (when the store is a tracking server)."""
+    from ntng_ray.sweep.render import publish_report, terminal_text
     from ntng_ray.sweep.results import build_report, open_report_client
 
     results = open_report_client(tracker.uri)
     report = build_report(results, tracker.parent_run_id)
-    publish_report(results, report, out)
-    return render_markdown(report)
+    files = publish_report(results, report, out)
+    return terminal_text(report, files)

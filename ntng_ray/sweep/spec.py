@@ -96,6 +96,14 @@ class SearchSettings(Section):
         False, description="Allow strategies different trial counts; shown in the report."
     )
     seed: int = Field(0, description="Seeds the searcher, so a sweep samples the same points.")
+    train_seed: int = Field(
+        1000,
+        ge=0,
+        description=(
+            "Training seed of every tuning trial; never a final seed, so the selected tuning run "
+            "is not counted again among the finals."
+        ),
+    )
 
     @field_validator("searcher")
     @classmethod
@@ -235,6 +243,16 @@ class SweepSpec(Section):
         if len(set(seconds)) != len(seconds):
             raise ValueError(f"budgets repeat: {seconds} RST seconds")
         return value
+
+    @model_validator(mode="after")
+    def _tuning_seed_not_a_final_seed(self) -> SweepSpec:
+        if self.search.train_seed in self.final_seeds():
+            raise ValueError(
+                f"search.train_seed = {self.search.train_seed} is also a final seed "
+                f"{self.final_seeds()}: the selected tuning run would be counted again in the "
+                "final mean; choose a tuning seed outside the final seeds"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fair_tuning(self) -> SweepSpec:

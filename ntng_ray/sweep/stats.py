@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from scipy import stats
 
+CONFIDENCE = 0.95  # the report's level, for every interval it shows
 BETTER = "better"
 WORSE = "worse"
 NO_DIFFERENCE = "no significant difference"
@@ -79,3 +80,22 @@ def verdict(difference: Difference | None, higher_is_better: bool) -> str:
     if difference.high < 0.0:
         return WORSE if higher_is_better else BETTER
     return NO_DIFFERENCE
+
+
+def mean_half_width(values: Sequence[float], level: float = 0.95) -> float:
+    """Half-width of the t interval for the mean of ``values`` at confidence ``level``.
+
+    nan with fewer than two values (no variance); 0 when all values are equal.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level = {level!r}: allowed a probability strictly between 0 and 1")
+    s = summarize(values)
+    if s.n < 2:
+        return math.nan
+    return float(stats.t.ppf(0.5 + level / 2, s.n - 1)) * s.std / math.sqrt(s.n)
+
+
+def half_width(difference: Difference) -> float:
+    """The larger distance from the difference to an end of its interval (they are equal for
+    Welch's interval; kept general for intervals that are not symmetric)."""
+    return max(difference.diff - difference.low, difference.high - difference.diff)

@@ -69,7 +69,7 @@ class SweepTracker:
 def parent_tags(spec: SweepSpec, trials_by_strategy: dict[str, int]) -> dict[str, str]:
     """The parent run's tags: the protocol the report reads back and checks."""
     return {
-        schema.MLFLOW_RUN_NAME: f"sweep-{spec.name}",
+        schema.MLFLOW_RUN_NAME: spec.name,
         schema.TAG_SWEEP: spec.name,
         schema.TAG_ROLE: schema.ROLE_SWEEP,
         schema.TAG_PROTOCOL_SEARCHER: spec.search.searcher,
@@ -85,9 +85,27 @@ def parent_tags(spec: SweepSpec, trials_by_strategy: dict[str, int]) -> dict[str
     }
 
 
+def trial_number(trial_id: str) -> int | None:
+    """A trial's 1-based number in its Tune experiment, from its id (``..._00002`` -> 3)."""
+    suffix = trial_id.rsplit("_", 1)[-1]
+    return int(suffix) + 1 if suffix.isdigit() else None
+
+
+def child_run_name(meta: Mapping[str, Any]) -> str:
+    """A child's short name, strategy first: ``layer_dropping · final · s1``,
+    ``baseline · tune · 3`` (the trial's number within its strategy's tuning)."""
+    phase = meta["phase"]
+    if phase == schema.PHASE_FINAL:
+        return f"{meta['strategy']} · {phase} · s{meta['seed']}"
+    if phase == schema.PHASE_TUNE and meta.get("index") is not None:
+        return f"{meta['strategy']} · {phase} · {meta['index']}"
+    return f"{meta['strategy']} · {phase}"
+
+
 def child_tags(spec_name: str, meta: dict[str, Any]) -> dict[str, str]:
     """The tags a child run is created with: what the report groups and compares by."""
     return {
+        schema.MLFLOW_RUN_NAME: child_run_name(meta),
         schema.TAG_SWEEP: spec_name,
         schema.TAG_STRATEGY: meta["strategy"],
         schema.TAG_PHASE: meta["phase"],

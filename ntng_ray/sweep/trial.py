@@ -19,7 +19,7 @@ from ray import tune
 from ntng_ray.config import RunConfig, TrackingConfig
 from ntng_ray.sweep.plan import trial_config, trial_output_dir
 from ntng_ray.sweep.spec import SweepSpec
-from ntng_ray.sweep.tracking import SweepTracker, child_tags
+from ntng_ray.sweep.tracking import SweepTracker, child_tags, trial_number
 from ntng_ray.track import schema
 from ntng_ray.train.progress_reports import ProgressReports, trial_reports
 from ntng_ray.train.ray_launch import pretrain_on_ray
@@ -42,7 +42,13 @@ def run_trial(config: dict[str, Any], stage: dict[str, Any]) -> None:
     tracker, run_id = None, None
     if stage["parent_run_id"] is not None:
         tracker = SweepTracker(TrackingConfig(**stage["tracking"]), stage["parent_run_id"])
-        meta = {**trial, "phase": stage["phase"], "budget": stage["budget"], "stage": stage["key"]}
+        meta = {
+            **trial,
+            "phase": stage["phase"],
+            "budget": stage["budget"],
+            "stage": stage["key"],
+            "index": trial.get("index") or trial_number(trial_id),
+        }
         run_id = tracker.child_run(trial_id, child_tags(spec.name, meta))
     try:
         cfg = trial_config(

@@ -2,30 +2,40 @@
 
 ``ray job stop``, ``kill`` and schedulers send SIGTERM; without a handler Python dies at once
 and leaves runs RUNNING. Inside ``sigterm_as_interrupt`` SIGTERM goes where SIGINT goes: to the
-SIGINT handler someone installed (Ray Tune's, which stops the trials and saves the experiment),
-else it raises ``RunTerminated``, a KeyboardInterrupt, so the code unwinds as after Ctrl-C (a
-run ends KILLED, a sweep saves its state and ends its parent run KILLED).
+SIGINT handler that code inside the block installed (Ray Tune's while a sweep stage runs, which
+stops the trials and saves the experiment), else it raises ``RunTerminated``, a
+KeyboardInterrupt, so the code unwinds as after Ctrl-C (a run ends KILLED, a sweep saves its
+state and ends its parent run KILLED). A SIGINT handler that was already there when the block
+began (a library's, left behind) is not the block's way of stopping and is not called.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+
+SignalHandler = Callable[[int, FrameType | None], None]
 
 
 class RunTerminated(KeyboardInterrupt):
     """SIGTERM turned into an interrupt, so a terminated process unwinds (a run ends KILLED)."""
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler) and handler is not signal.default_int_handler:
-        handler(signal.SIGINT, frame)  # someone handles Ctrl-C their own way: do as they do
-        return
-    raise RunTerminated(f"signal {signum}")
+def _forwarding_to_handlers_installed_after(entry_handler: object) -> SignalHandler:
+    """A SIGTERM handler that calls the SIGINT handler installed since the block began, if any,
+    and otherwise raises ``RunTerminated``."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler not in (entry_handler, signal.default_int_handler):
+            handler(signal.SIGINT, frame)
+            return
+        raise RunTerminated(f"signal {signum}")
+
+    return on_sigterm
 
 
 @contextmanager
@@ -38,7 +48,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    on_sigterm = _forwarding_to_handlers_installed_after(signal.getsignal(signal.SIGINT))
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:

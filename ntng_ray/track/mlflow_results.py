@@ -1,25 +1,33 @@
 """Reading finished (or running) runs back from MLflow as plain records, for the report.
 
 The report never sees MLflow's types: a run is a ``RunRecord`` (id, status, start time, tags,
-params, latest metrics) and a metric's history a {step: value} mapping. Nothing here writes
-runs, and opening a store that does not exist is an error (no empty SQLite file is made).
+params, latest metrics) and a metric's history a {step: value} mapping. Opening a store that
+does not exist is an error (no empty SQLite file is made). The only writes are the report's own:
+its files, and the answer it sets on the sweep's parent run (description, metrics, tags).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 
 from ntng_ray.errors import NtngError
 from ntng_ray.track.mlflow_run import open_client, sqlite_path
+from ntng_ray.track.schema import MLFLOW_NOTE_CONTENT
 
 T = TypeVar("T")
+BATCH = 100
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,12 @@ class RunRecord:
     tags: dict[str, str]
     params: dict[str, str]
     metrics: dict[str, float]  # each metric's latest value
+    experiment_id: str = ""
 
 
 def _record(run: Run) -> RunRecord:
     return RunRecord(
+        experiment_id=run.info.experiment_id,
         run_id=run.info.run_id,
         status=run.info.status,
         start_time=run.info.start_time,
@@ -41,6 +51,19 @@ def _record(run: Run) -> RunRecord:
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
     )
+
+
+@contextmanager
+def _quiet_download() -> Iterator[None]:
+    """No download progress bar on the terminal (the user's own setting wins)."""
+    if PROGRESS_BAR_ENV in os.environ:
+        yield
+        return
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(PROGRESS_BAR_ENV, None)
 
 
 def _all_pages(fetch: Callable[[str | None], list[T]]) -> list[T]:
@@ -95,6 +118,35 @@ class MlflowResults:
         """Attach ``files`` to run ``run_id`` under ``artifact_path``."""
         for path in files:
             self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def artifact_text(self, run_id: str, path: str) -> str | None:
+        """The text of run ``run_id``'s artifact ``path``; None where it has none (or it cannot
+        be read)."""
+        with tempfile.TemporaryDirectory(prefix="ntng-artifact-") as folder, _quiet_download():
+            try:
+                local = self.client.download_artifacts(run_id, path, folder)
+                return Path(local).read_text(encoding="utf-8")
+            except (MlflowException, OSError, UnicodeDecodeError):
+                return None
+
+    def set_run_note(self, run_id: str, text: str) -> None:
+        """Set run ``run_id``'s description (``mlflow.note.content``, Markdown in the UI)."""
+        self.client.set_tag(run_id, MLFLOW_NOTE_CONTENT, text)
+
+    def log_values(
+        self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str]
+    ) -> None:
+        """Log ``metrics`` (at step 0; a later call's value is the latest) and set ``tags``."""
+        stamp = int(time.time() * 1000)
+        entries = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+        entries += [RunTag(k, v) for k, v in tags.items()]
+        for start in range(0, len(entries), BATCH):  # MLflow takes at most 100 tags a batch
+            chunk = entries[start : start + BATCH]
+            self.client.log_batch(
+                run_id,
+                metrics=[e for e in chunk if isinstance(e, Metric)],
+                tags=[e for e in chunk if isinstance(e, RunTag)],
+            )
 
 
 def results_of(source: MlflowResults | MlflowClient) -> MlflowResults:

@@ -22,6 +22,7 @@ from ntng_ray.track.mlflow_run import (
     ensure_experiment,
     open_client,
     resolve_tracking_uri,
+    source_tags,
     store_lock,
 )
 from ntng_ray.track.schema import (
@@ -49,7 +50,7 @@ class MlflowSweepRuns:
         self, tags: Mapping[str, str], params: Mapping[str, str], files: Mapping[str, str]
     ) -> str:
         """Create the parent run with ``tags``, ``params`` and ``files`` (name -> text)."""
-        run = self.client.create_run(self.experiment_id, tags=dict(tags))
+        run = self.client.create_run(self.experiment_id, tags={**source_tags(), **tags})
         self.parent_run_id = run.info.run_id
         for key, value in params.items():
             self.client.log_param(self.parent_run_id, key, value)
@@ -80,7 +81,12 @@ class MlflowSweepRuns:
             existing = self.find_child(trial_id)
             if existing is not None:
                 return existing
-            all_tags = {**tags, MLFLOW_PARENT_RUN_ID: self._parent, TAG_TRIAL_ID: trial_id}
+            all_tags = {
+                **source_tags(self.client, self._parent),
+                **tags,
+                MLFLOW_PARENT_RUN_ID: self._parent,
+                TAG_TRIAL_ID: trial_id,
+            }
             return self.client.create_run(self.experiment_id, tags=all_tags).info.run_id
 
     def find_child(self, trial_id: str) -> str | None:
@@ -114,7 +120,11 @@ class MlflowSweepRuns:
         self, tags: Mapping[str, str], metrics: Mapping[str, float], status: str = FINISHED
     ) -> str:
         """A run made and ended at once (e.g. a suite's average), a child of the parent."""
-        all_tags = {**tags, MLFLOW_PARENT_RUN_ID: self.parent_run_id or ""}
+        all_tags = {
+            **source_tags(self.client, self.parent_run_id),
+            **tags,
+            MLFLOW_PARENT_RUN_ID: self.parent_run_id or "",
+        }
         run_id = self.client.create_run(self.experiment_id, tags=all_tags).info.run_id
         for name, value in metrics.items():
             self.client.log_metric(run_id, name, float(value))

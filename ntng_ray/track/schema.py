@@ -11,6 +11,16 @@ from __future__ import annotations
 
 MLFLOW_RUN_NAME = "mlflow.runName"
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+MLFLOW_USER = "mlflow.user"
+MLFLOW_SOURCE_NAME = "mlflow.source.name"
+# An experiment tag: MLflow 3 opens an experiment without it on the GenAI pages; a training
+# experiment opens on the runs table.
+MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# The input tag MLflow reads a dataset's role from, and the role of a run's corpus.
+MLFLOW_DATASET_CONTEXT = "mlflow.data.context"
+DATASET_CONTEXT_TRAINING = "training"
 
 # --- ntng tags: every run ---------------------------------------------------------------------
 
@@ -47,6 +57,7 @@ PHASE_TUNE = "tune"
 PHASE_FINAL = "final"
 PHASE_FINETUNE = "finetune"
 PHASE_DOWNSTREAM = "downstream"
+PHASE_PREPARE = "prepare"  # a strategy's preparation run (e.g. RHO-loss's IL model)
 TAG_STAGE = "ntng.stage"
 TAG_TRIAL_ID = "ntng.trial_id"
 TAG_LAUNCH = "ntng.launch"
@@ -74,6 +85,9 @@ OUTCOME_STATUS = {
 }
 
 # --- MLflow metrics ---------------------------------------------------------------------------
+# Every metric of a training run is logged at MLflow step = the RST spent when it was measured,
+# in whole milliseconds (``rst_step``), so the UI's default "Step" axis is RST; the optimizer
+# step is a metric of its own (METRIC_OPTIMIZER_STEP). Config values are params, never metrics.
 
 METRIC_TRAIN_LOSS = "train_loss"
 METRIC_VAL_LOSS = "val_loss"
@@ -84,15 +98,44 @@ METRIC_RST_PROGRESS = "rst_progress"
 METRIC_WALL_SECONDS = "wall_seconds"
 METRIC_FINAL_VALIDATION_LOSS = "final_validation_loss"
 METRIC_FINAL_TRAIN_EVAL_LOSS = "final_train_eval_loss"
-METRIC_STEPS = "steps"
+METRIC_OPTIMIZER_STEP = "optimizer_step"
+# A run's optimizer steps: the latest value of METRIC_OPTIMIZER_STEP (one name per figure).
+METRIC_STEPS = METRIC_OPTIMIZER_STEP
 METRIC_TOKENS_PER_S = "tokens_per_s"
 # RST a strategy's preparation spent before the run (0 for strategies without one).
 METRIC_PREPARATION_RST_SECONDS = "preparation_rst_seconds"
+# A strategy's summary figures that are measurements, logged as metrics under these names (its
+# per-record figures keep their own names too); every other summary field is a param
+# ``strategy.<field>`` (a setting, or a value derived from settings).
+STRATEGY_SUMMARY_METRICS = frozenset(
+    {
+        "mean_active_layers",
+        "final_layers",
+        "selection_ratio",
+        "scored_examples",
+        "kept_examples",
+        "capped_microbatches",
+        "filled_examples",
+        "hessian_microbatches",
+        "hessian_passes",
+        "hessian_rst_seconds",
+        "il_model_rst_seconds",
+        "il_scoring_rst_seconds",
+        "il_model_final_validation_loss",
+    }
+)
+# Strategy figures that are another metric under a second name: not logged again.
+STRATEGY_FIGURE_ALIASES = {"rho_il_rst_seconds": METRIC_PREPARATION_RST_SECONDS}
 # On a sweep's parent run.
 METRIC_SWEEP_RST_SECONDS = "sweep_rst_seconds"
 METRIC_SWEEP_PREPARATION_RST_SECONDS = "preparation_rst_seconds"
 # On downstream runs: a fine-tuning trial's score, a suite's average over its tasks.
 METRIC_SCORE = "score"
+
+
+def rst_step(rst_seconds: float) -> int:
+    """The MLflow step of a figure measured after ``rst_seconds`` of RST: whole milliseconds."""
+    return round(float(rst_seconds) * 1000)
 
 
 def suite_average_metric(suite: str) -> str:
@@ -124,3 +167,16 @@ RESULT_TRIAL_WALL_SECONDS = "trial_wall_seconds"
 RESULT_TRIAL_ID = "trial_id"  # added by Tune itself
 RESULT_SCORE = "score"
 RESULT_N_EVAL = "n_eval"
+
+# --- the report's answer on a sweep's parent run ----------------------------------------------
+
+# MLflow shows this tag as the run's description (Markdown): the report's summary table.
+MLFLOW_NOTE_CONTENT = "mlflow.note.content"
+# Per strategy and budget (``budget`` as ``plan.budget_label`` writes it, e.g. 12 or 2.5):
+# method - baseline mean final validation loss, and the report's verdict on it.
+METRIC_DELTA_VAL_LOSS_TEMPLATE = "delta_val_loss.{strategy}.b{budget}"
+TAG_VERDICT_TEMPLATE = "ntng.verdict.{strategy}.b{budget}"
+# Final runs' latest training-token count (logged with each train event).
+METRIC_TOKENS = "tokens"
+# The sweep file, logged on the parent run as an artifact (its strategies' search spaces).
+ARTIFACT_SWEEP_FILE = "sweep.yaml"

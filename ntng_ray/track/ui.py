@@ -8,6 +8,7 @@ process group when the user is done.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import signal
 import subprocess
@@ -19,7 +20,9 @@ import urllib.request
 from ntng_ray.config import TrackingConfig
 from ntng_ray.errors import NtngError
 from ntng_ray.track.interrupts import sigterm_as_interrupt
-from ntng_ray.track.mlflow_run import open_client, resolve_tracking_uri
+from ntng_ray.track.mlflow_run import open_client, resolve_tracking_uri, sqlite_path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -113,12 +116,43 @@ def stop_ui(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
             continue
 
 
+def runs_table_url(base_url: str, experiment_id: str) -> str:
+    """Where MLflow's UI shows an experiment's runs table (its route in MLflow 3)."""
+    return f"{base_url}/#/experiments/{experiment_id}/runs"
+
+
+def experiment_links(tracking_uri: str, base_url: str) -> list[str]:
+    """One line per active experiment of the store: its name and runs-table URL, newest
+    first. Nothing for a SQLite store that does not exist (none is made here)."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        return []
+    try:
+        from mlflow import MlflowClient
+
+        experiments = MlflowClient(tracking_uri=tracking_uri).search_experiments(
+            order_by=["creation_time DESC"]
+        )
+    except Exception:
+        log.warning("could not list the experiments of %s", tracking_uri, exc_info=True)
+        return []
+    return [
+        f"  {e.name}: {runs_table_url(base_url, e.experiment_id)}"
+        for e in experiments
+        if e.name != "Default" or e.experiment_id != "0"
+    ]
+
+
 def _serve_until_exit(uri: str, host: str, port: int, allow_remote: bool) -> int:
     """Start the server, say where it is, wait for it; stop it on every way out (own session)."""
     process = serve_ui(uri, host, port, allow_remote=allow_remote)
     try:
         wait_until_healthy(f"http://{_url_host(_probe_host(host))}:{port}", process=process)
-        print(f"MLflow UI: http://{_url_host(host)}:{port} (store: {uri})", flush=True)
+        base_url = f"http://{_url_host(host)}:{port}"
+        print(f"MLflow UI: {base_url} (store: {uri})", flush=True)
+        links = experiment_links(uri, base_url)
+        if links:
+            print("Runs tables:", *links, sep="\n", flush=True)
         return process.wait()
     finally:
         stop_ui(process)

@@ -92,6 +92,7 @@ class BudgetedRun:
         self.train_wall = 0.0
         self.eval_wall = 0.0
         self.restored_from_step: int | None = None
+        self.last_step: tuple[list[float], float, float] = ([], 0.0, 0.0)
         self.started = time.perf_counter()
 
     def run(self) -> dict[str, Any]:
@@ -116,6 +117,9 @@ class BudgetedRun:
             self._train_step(cost, started)
             self._evaluate_due_points()
             self._checkpoint_if_due()
+        # A run shorter than train.log_every steps, or steps since the last record.
+        if self.last_step[0] and self.step % self.cfg.train.log_every:
+            self._report_train()
         self._evaluate(1.0)
         return self._summary()
 
@@ -140,19 +144,25 @@ class BudgetedRun:
         self.step += 1
         self.tokens += self.sequences_per_step * self.cfg.preset.seq_len
         self.train_wall += time.perf_counter() - started
+        self.last_step = (losses, lr, grad_norm)
         if self.step % self.cfg.train.log_every == 0:
-            self._report(
-                {
-                    "event": "train",
-                    "loss": float(np.mean(losses)),
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "active_layers": len(self.engine.active_layers()),
-                    "tokens": self.tokens,
-                    "tokens_per_s": self.tokens / self.train_wall,
-                    **self.strategy.metrics(),
-                }
-            )
+            self._report_train()
+
+    def _report_train(self) -> None:
+        """The train record of the latest step (every ``train.log_every`` steps, and the last)."""
+        losses, lr, grad_norm = self.last_step
+        self._report(
+            {
+                "event": "train",
+                "loss": float(np.mean(losses)),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "active_layers": len(self.engine.active_layers()),
+                "tokens": self.tokens,
+                "tokens_per_s": self.tokens / self.train_wall,
+                **self.strategy.metrics(),
+            }
+        )
 
     def _evaluate_due_points(self) -> None:
         while self.pending_points and self.pending_points[0] < 1.0:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -72,7 +74,7 @@ def test_divergence_interrupt_and_resume(tmp_path: Path) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         done = json.loads(state_file.read_text())["stages"] if state_file.is_file() else {}
-        if "b2-tune-layer_dropping" in done:
+        if "b2-tune" in done:  # the grid's points of both strategies, one stage
             break
         time.sleep(0.5)
     time.sleep(4)  # the final stage's first trials are running
@@ -123,9 +125,47 @@ def test_divergence_interrupt_and_resume(tmp_path: Path) -> None:
     assert sorted(r.data.tags["ntng.strategy"] for r in selected) == ["baseline", "layer_dropping"]
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["ntng.sweep"] == "resumable"
+    _check_mlflow_layout(client, parent, after)
     assert parent.data.metrics["sweep_rst_seconds"] > 0
     logged = [a.path for a in client.list_artifacts(parent_id, "report")]
     assert "report/report.md" in logged and "report/report.html" in logged
+
+
+def _check_mlflow_layout(client: MlflowClient, parent: Any, runs: list[Any]) -> None:
+    """Through MLflow's API: a training experiment; short strategy-first names; no stray
+    metrics; and RST as every final run's step: each val_loss point's step is, within 1 ms,
+    the RST of the matching validation line of the run's metrics.jsonl (restarted trials too)."""
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.info.run_name == parent.data.tags["ntng.sweep"]
+    tune_names = set()
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        strategy, phase = tags["ntng.strategy"], tags["ntng.phase"]
+        assert not {"step", "steps"} & metrics.keys()
+        assert not [k for k in metrics if k.startswith("strategy.")]
+        assert tags["mlflow.source.git.commit"] and tags["mlflow.user"]
+        assert tags["mlflow.source.name"] == parent.data.tags["mlflow.source.name"]
+        if phase == "tune":
+            assert re.fullmatch(rf"{strategy} · tune · \d+", run.info.run_name), run.info.run_name
+            tune_names.add(run.info.run_name)
+        if phase != "final" or tags.get("ntng.outcome") != "completed":
+            continue
+        assert run.info.run_name == f"{strategy} · final · s{tags['ntng.seed']}"
+        assert metrics["optimizer_step"] > 0
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.digest
+        folder = Path(run.data.params["output_dir"])
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        validations = [line for line in lines if line["event"] == "validation"]
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        points = sorted(history, key=lambda m: (m.step, m.timestamp))
+        assert len(points) == len(validations) > 0, run.info.run_name
+        for point, line in zip(points, validations, strict=True):
+            assert abs(point.step - round(1000 * line["rst_seconds"])) <= 1, run.info.run_name
+        rst_steps = [m.step for m in client.get_metric_history(run.info.run_id, "rst_seconds")]
+        assert len(rst_steps) == len(set(rst_steps))  # one value per RST step
+    assert len(tune_names) == len([r for r in runs if r.data.tags["ntng.phase"] == "tune"])
 
 
 def test_debug_sweep_reduced_end_to_end(tmp_path: Path) -> None:
@@ -163,6 +203,12 @@ def test_debug_sweep_reduced_end_to_end(tmp_path: Path) -> None:
         r.data.tags["ntng.strategy"]: r.data.metrics["preparation_rst_seconds"] for r in finals
     }
     assert prepared["rho_loss"] > 0 and prepared["baseline"] == 0
+    # RHO-loss's IL model is a child run of its own, with its curve; the report ignores it.
+    (il_run,) = [r for r in runs if r.data.tags["ntng.phase"] == "prepare"]
+    assert il_run.data.tags["ntng.strategy"] == "rho_loss" and il_run.info.status == "FINISHED"
+    assert il_run.info.run_name == "rho_loss · prepare"
+    assert len(client.get_metric_history(il_run.info.run_id, "val_loss")) >= 2
+    _check_mlflow_layout(client, parent, [r for r in runs if r is not il_run])
     report = (tmp_path / "report" / "report.md").read_text()
     assert "of which strategies' preparation" in report
     for name in spec.strategies:

@@ -9,7 +9,13 @@ import yaml
 
 from ntng_ray.cli import main
 from ntng_ray.errors import NtngError
-from ntng_ray.sweep.plan import base_mapping, check_trial_configs, rst_plan, stages
+from ntng_ray.sweep.plan import (
+    base_mapping,
+    check_trial_configs,
+    rst_plan,
+    stages,
+    tuning_seed,
+)
 from ntng_ray.sweep.spec import load_sweep, shipped_sweep_names
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -105,13 +111,20 @@ def test_space_values_outside_the_run_config_fail_before_running(tmp_path: Path)
         check_trial_configs(spec, base_mapping(spec))
 
 
+def test_tuning_seed_is_never_a_final_seed(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path)
+    with pytest.raises(NtngError, match=r"search\.train_seed = 1 is also a final seed \[0, 1\]"):
+        load_sweep(path, ["search.train_seed=1"])
+    assert tuning_seed(load_sweep(path, [])) not in load_sweep(path, []).final_seeds()
+
+
 def test_dry_run_prints_the_plan_and_total(tmp_path: Path, capsys) -> None:
     path = write_sweep(tmp_path, budgets=[{"rst_seconds": 10}, {"rst_seconds": 20}])
     assert main(["sweep", path, "--dry-run"]) == 0
     out = capsys.readouterr().out
     # Per budget: 2 strategies x 3 trials + 2 strategies x 2 seeds = 10 runs of the budget.
     assert f"{10 * 10 + 10 * 20:.1f}" in out
-    assert "b10-tune-baseline" in out and "b20-final" in out
+    assert "b10-tune " in out and "b20-final" in out
 
 
 def test_unknown_keys_and_cli_overrides_are_checked(tmp_path: Path, capsys) -> None:
@@ -141,7 +154,7 @@ def test_debug_sweep_compares_all_seven_strategies() -> None:
     }
     assert spec.search.trials == 2 and spec.final.seeds == 2
     kinds = [stage.kind for stage in stages(spec)]
-    assert kinds == ["prepare"] + ["tune"] * 7 + ["final"]
+    assert kinds == ["prepare", "tune", "final"]  # random search: all strategies' trials at once
     assert stages(spec)[0].strategy == "rho_loss"
     budget = spec.budgets[0].seconds
     il = spec.strategies["rho_loss"].settings["strategy.il_budget_rst_seconds"]

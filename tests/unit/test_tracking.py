@@ -17,10 +17,10 @@ from mlflow import MlflowClient
 import ntng_ray
 from ntng_ray.config import RunConfig, TrackingConfig
 from ntng_ray.errors import NtngError
+from ntng_ray.track.interrupts import RunTerminated, sigterm_as_interrupt
 from ntng_ray.track.mlflow_run import (
     TRACKED_PACKAGES,
     MlflowRun,
-    RunTerminated,
     flatten_params,
     package_versions,
     resolve_tracking_uri,
@@ -85,8 +85,8 @@ def validation(step: int, progress: float) -> dict[str, Any]:
         "loss": 4.0,
         "train_eval_loss": 3.9,
         "step": step,
-        "rst_seconds": 9.5 * progress,
-        "rst_progress": progress,
+        "rst_seconds": 0.5 * step,
+        "rst_progress": 0.05 * step,
         "wall_seconds": 0.1 * step,
     }
 
@@ -95,7 +95,7 @@ def summary(steps: int) -> dict[str, Any]:
     return {
         "final_validation_loss": 4.0,
         "final_train_eval_loss": 3.9,
-        "rst_seconds": 9.5,
+        "rst_seconds": 0.5 * steps,
         "steps": steps,
         "wall_seconds": 1.2,
         "tokens_per_s": 1000.0,
@@ -213,19 +213,18 @@ def test_finished_run_has_params_tags_metrics_and_artifacts(
     assert got.data.tags["ntng.rst_table"] == TABLE_ID
     assert got.data.tags["ntng.rst_table_sha256"] == TABLE_SHA
     assert "ntng.git_commit" in got.data.tags
-    assert history(client, run.run_id, "val_loss") == [(0, 4.0), (2, 4.0)]
-    assert history(client, run.run_id, "val_progress_point") == [(0, 0.0), (2, 1.0)]
-    assert history(client, run.run_id, "grad_norm") == [(2, 0.5)]
-    assert history(client, run.run_id, "train_loss") == [(1, 4.9), (2, 4.8)]
-    assert sorted(set(history(client, run.run_id, "rst_seconds"))) == [
-        (0, 0.0),
-        (1, 0.5),
-        (2, 1.0),
-        (2, 9.5),
-    ]
-    assert got.data.metrics["rst_seconds"] == 9.5
+    # MLflow's step is the RST in milliseconds; each metric has one point per RST step.
+    assert history(client, run.run_id, "val_loss") == [(0, 4.0), (1000, 4.0)]
+    assert history(client, run.run_id, "val_progress_point") == [(0, 0.0), (1000, 1.0)]
+    assert history(client, run.run_id, "grad_norm") == [(1000, 0.5)]
+    assert history(client, run.run_id, "train_loss") == [(500, 4.9), (1000, 4.8)]
+    assert history(client, run.run_id, "rst_seconds") == [(0, 0.0), (500, 0.5), (1000, 1.0)]
+    assert history(client, run.run_id, "optimizer_step") == [(0, 0), (500, 1), (1000, 2)]
+    assert got.data.metrics["rst_seconds"] == 1.0
     assert got.data.metrics["final_validation_loss"] == 4.0
-    assert got.data.metrics["steps"] == 2
+    assert history(client, run.run_id, "final_validation_loss") == [(1000, 4.0)]
+    assert got.data.metrics["optimizer_step"] == 2
+    assert not {"step", "steps"} & got.data.metrics.keys()
     assert {a.path for a in client.list_artifacts(run.run_id)} == {
         "config.yaml",
         "metrics.jsonl",
@@ -241,7 +240,7 @@ def test_metrics_are_batched_until_a_flush_point(cfg: RunConfig, tags: dict[str,
     client = MlflowClient(cfg.tracking.uri)
     assert history(client, run.run_id, "train_loss") == []
     run(validation(1, 0.5))
-    assert history(client, run.run_id, "train_loss") == [(1, 4.9)]
+    assert history(client, run.run_id, "train_loss") == [(500, 4.9)]
     run.end("KILLED")
 
 
@@ -264,7 +263,7 @@ def test_reopened_run_continues_the_same_mlflow_run(
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs] == [first.run_id]
     assert runs[0].info.status == "FINISHED"
-    assert history(client, first.run_id, "train_loss") == [(1, 4.9), (2, 4.8)]
+    assert history(client, first.run_id, "train_loss") == [(500, 4.9), (1000, 4.8)]
 
 
 def test_reopening_an_unknown_run_id_is_a_clear_error(cfg: RunConfig, tags: dict[str, str]) -> None:
@@ -279,7 +278,7 @@ def test_exception_ends_the_run_failed(cfg: RunConfig, tags: dict[str, str]) -> 
         raise RuntimeError("boom")
     client = MlflowClient(cfg.tracking.uri)
     assert client.get_run(run.run_id).info.status == "FAILED"
-    assert history(client, run.run_id, "train_loss") == [(1, 4.9)]
+    assert history(client, run.run_id, "train_loss") == [(500, 4.9)]
 
 
 def test_block_without_finish_ends_failed(cfg: RunConfig, tags: dict[str, str]) -> None:
@@ -303,6 +302,26 @@ def test_sigterm_ends_the_run_killed_and_restores_the_handler(
         time.sleep(10)
     assert MlflowClient(cfg.tracking.uri).get_run(run.run_id).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_goes_to_a_ctrl_c_handler_installed_in_the_block_only() -> None:
+    """A SIGINT handler left behind before the block (a library's) does not swallow SIGTERM;
+    one the block installs (Ray Tune's while a sweep stage runs) receives it."""
+    calls: list[int] = []
+    original = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+        with pytest.raises(RunTerminated), sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        assert calls == []
+        with sigterm_as_interrupt():
+            signal.signal(signal.SIGINT, lambda signum, frame: calls.append(-signum))
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        assert calls == [-signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, original)
 
 
 def test_end_rejects_unknown_status(cfg: RunConfig, tags: dict[str, str]) -> None:

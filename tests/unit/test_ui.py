@@ -127,3 +127,27 @@ def test_sigterm_stops_run_ui_and_its_server(monkeypatch: pytest.MonkeyPatch) ->
     assert ui.run_ui(port=free_port(), tracking_uri="sqlite:////tmp/unused.db") == 0
     timer.join()
     assert group_is_gone(started[0].pid)
+
+
+def test_run_ui_prints_each_experiments_runs_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Besides the address, the runs-table URL of each experiment (MLflow 3's runs route)."""
+    from mlflow import MlflowClient
+
+    from ntng_ray.track.mlflow_run import ensure_experiment
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = ensure_experiment(MlflowClient(store), "my-sweep", None)
+    fake_serve_ui(monkeypatch, "once")
+    port = free_port()
+    assert ui.run_ui(port=port, tracking_uri=store) == 0
+    out = capsys.readouterr().out
+    assert f"my-sweep: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs" in out
+    assert "Default" not in out
+
+
+def test_experiment_links_make_no_store(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"
+    assert ui.experiment_links(store, "http://127.0.0.1:5000") == []
+    assert not (tmp_path / "none").exists()
