@@ -116,7 +116,6 @@ STRATEGY_SUMMARY_METRICS = frozenset(
         "kept_examples",
         "capped_microbatches",
         "filled_examples",
-        "hessian_microbatches",
         "hessian_passes",
         "hessian_rst_seconds",
         "il_model_rst_seconds",
