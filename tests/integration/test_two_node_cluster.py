@@ -295,7 +295,7 @@ def test_sweep_job_runs_trials_on_both_nodes_into_shared_storage(
 
     storage = shared / "ray"
     results = sorted(storage.glob("*/*/result.json"))
-    assert {p.parent.parent.name for p in results} == {"b2-tune-baseline", "b2-final"}, results
+    assert {p.parent.parent.name for p in results} == {"b2-tune", "b2-final"}, results
     assert len(results) == 4, results
     pids = {}
     for path in results:
