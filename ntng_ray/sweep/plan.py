@@ -26,6 +26,7 @@ from ntng_ray.config import (
 from ntng_ray.preparation.strategy import preparation_for
 from ntng_ray.strategies import resolve_strategy, strategy_class
 from ntng_ray.sweep.spec import SweepSpec, dotted_items
+from ntng_ray.sweep.tracking import child_tags
 from ntng_ray.track import schema
 from ntng_ray.train.ray_launch import pin_shared_paths
 
@@ -213,44 +214,32 @@ def tuning_seed(spec: SweepSpec) -> int:
 
 
 def preparation_config(
-    spec: SweepSpec,
-    base: dict[str, Any],
-    stage: Stage,
-    parent_run_id: str | None = None,
-    tracking_uri: str | None = None,
+    spec: SweepSpec, base: dict[str, Any], stage: Stage, parent_run_id: str | None = None
 ) -> RunConfig:
     """The run config a preparation stage prepares for: the strategy's settings, the budget,
     the tuning seed (its trials' data order). Its pretraining run (e.g. RHO-loss's IL model) is
-    tracked as a child of ``parent_run_id`` (phase ``prepare``, in the store at
-    ``tracking_uri``); untracked without a parent."""
+    tracked as a child of ``parent_run_id`` (phase ``prepare``, in the sweep's store);
+    untracked without a parent."""
     assert stage.strategy is not None
     folder = preparation_dir(spec, stage.budget, stage.strategy)
+    seed = tuning_seed(spec)
     cfg = trial_config(
-        base,
-        spec,
-        stage.strategy,
-        {},
-        stage.budget,
-        tuning_seed(spec),
-        folder,
-        f"{spec.name}-{stage.key}",
+        base, spec, stage.strategy, {}, stage.budget, seed, folder, f"{spec.name}-{stage.key}"
     )
     if parent_run_id is None:
         tracking = cfg.tracking.model_copy(update={"enabled": False})
     else:
+        meta = {
+            "strategy": stage.strategy,
+            "phase": schema.PHASE_PREPARE,
+            "seed": seed,
+            "budget": stage.budget,
+            "stage": stage.key,
+        }
+        tags = child_tags(spec.name, meta)
+        run_name = tags.pop(schema.MLFLOW_RUN_NAME)
         tracking = cfg.tracking.model_copy(
-            update={
-                "uri": tracking_uri or cfg.tracking.uri,
-                "parent_run_id": parent_run_id,
-                "run_name": f"{stage.strategy} · {schema.PHASE_PREPARE}",
-                "tags": {
-                    schema.TAG_SWEEP: spec.name,
-                    schema.TAG_STRATEGY: stage.strategy,
-                    schema.TAG_PHASE: schema.PHASE_PREPARE,
-                    schema.TAG_BUDGET: repr(float(stage.budget)),
-                    schema.TAG_STAGE: stage.key,
-                },
-            }
+            update={"parent_run_id": parent_run_id, "run_name": run_name, "tags": tags}
         )
     return cfg.model_copy(update={"tracking": tracking})
 

@@ -168,15 +168,12 @@ def _run_preparation(
     """Run a strategy's preparation once per budget, on the cluster, as a Ray task; its
     pretraining run is a child run of the sweep's parent (phase ``prepare``)."""
     assert stage.strategy is not None
-    if tracker is None:
-        cfg = preparation_config(spec, base, stage)
-    else:
-        cfg = preparation_config(spec, base, stage, tracker.parent_run_id, tracker.uri)
+    cfg = preparation_config(spec, base, stage, tracker.parent_run_id if tracker else None)
     folder = preparation_dir(spec, stage.budget, stage.strategy)
     task = ray.remote(prepare).options(
         num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
     )
-    meta = ray.get(task.remote(cfg.model_copy(update={"overwrite": True}), folder))
+    meta = ray.get(task.remote(cfg, folder))  # the base sets overwrite: a rerun replaces it
     rst = float(meta["preparation_rst_seconds"])
     print(
         f"{stage.strategy}'s preparation for budget {stage.budget:g}: {rst:.2f} RST s, "

@@ -331,9 +331,9 @@ def test_preparation_run_is_a_child_of_the_sweep(tmp_path: Path) -> None:
     stage = next(s for s in stages(spec) if s.kind == "prepare")
     assert not preparation_config(spec, base, stage).tracking.enabled  # no parent: untracked
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = preparation_config(spec, base, stage, "parent-id", store)
+    cfg = preparation_config(spec, base, stage, "parent-id")
     tracking = cfg.tracking
+    store = base["tracking"]["uri"]  # the sweep's own store, pinned for other processes
     assert tracking.enabled and tracking.uri == store and tracking.parent_run_id == "parent-id"
     assert tracking.tags["ntng.phase"] == "prepare"
     assert tracking.tags["ntng.strategy"] == stage.strategy == "rho_loss"
