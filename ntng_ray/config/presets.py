@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Family = Literal["bert", "t5"]
+# The model class a preset builds: HF's post-LN BERT, Cramming's crammed BERT (both masked
+# LM, family "bert"), or T5 v1.1 with its untied output layer (family "t5").
+Architecture = Literal["hf-bert", "crammed-bert", "t5-v1_1"]
 
 
 @dataclass(frozen=True)
@@ -14,11 +17,13 @@ class Preset:
 
     For T5, ``num_layers`` is the depth of each stack (encoder and decoder alike), so that
     "k active layers" means k encoder and k decoder blocks, as in the study's T5 stacking.
-    ``seq_len`` is BERT's sequence length or T5's input (encoder) length.
+    ``seq_len`` is BERT's sequence length or T5's input (encoder) length. For crammed BERT,
+    ``ffn`` is the gated layer's input width (the gate halves it, as in Cramming's configs).
     """
 
     name: str
     family: Family
+    architecture: Architecture
     num_layers: int
     hidden: int
     heads: int
@@ -35,17 +40,21 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="bert-tiny",
             family="bert",
+            architecture="hf-bert",
             num_layers=4,
             hidden=128,
             heads=2,
             ffn=512,
             seq_len=128,
             vocab_size=4096,
-            description="CPU-sized BERT for tests and debug sweeps (stacking grows 1 -> 2 -> 4).",
+            description=(
+                "CPU-sized HF BERT (post-LN) for tests and debug runs (stacking grows 1 -> 2 -> 4)."
+            ),
         ),
         Preset(
             name="t5-tiny",
             family="t5",
+            architecture="t5-v1_1",
             num_layers=4,
             hidden=128,
             heads=4,
@@ -56,8 +65,9 @@ PRESETS: dict[str, Preset] = {
             description="CPU-sized T5 v1.1 (4 + 4 layers, gated-GELU) for tests and debug sweeps.",
         ),
         Preset(
-            name="bert-base-16l",
+            name="bert-crammed",
             family="bert",
+            architecture="crammed-bert",
             num_layers=16,
             hidden=768,
             heads=12,
@@ -65,14 +75,26 @@ PRESETS: dict[str, Preset] = {
             seq_len=128,
             vocab_size=32768,
             description=(
-                "HF BERT at the study's sizes (post-LN, biases, plain FFN): an approximation of "
-                "Cramming's bert-c5, with a different speed; the paper's RTX 3090 table does not "
-                "apply."
+                "The study's BERT: Cramming's bert-c5 (pre-LN, gated GELU, no biases, tied "
+                "embeddings), 16 layers, ~119.6M parameters; charged by paper-bert-rtx3090-fixed."
             ),
+        ),
+        Preset(
+            name="bert-crammed-tiny",
+            family="bert",
+            architecture="crammed-bert",
+            num_layers=4,
+            hidden=128,
+            heads=2,
+            ffn=512,
+            seq_len=128,
+            vocab_size=4096,
+            description="bert-crammed's architecture at CPU size (4 layers, hidden 128).",
         ),
         Preset(
             name="t5-v1_1-base",
             family="t5",
+            architecture="t5-v1_1",
             num_layers=12,
             hidden=768,
             heads=12,

@@ -16,6 +16,10 @@ from ntng_ray.data.packing import compute_t5_lengths, noise_span_counts
 
 IGNORE = -100
 Batch = dict[str, torch.Tensor]
+# What BERT does with a chosen token; the learnability bound reads the same fractions.
+MASK_FRACTION = 0.8  # becomes [MASK]
+RANDOM_FRACTION = 0.1  # becomes a random replacement
+KEEP_FRACTION = 1.0 - MASK_FRACTION - RANDOM_FRACTION  # stays as it is
 
 
 class MLMCollator:
@@ -50,8 +54,9 @@ class MLMCollator:
         picks = torch.randint(
             len(self.replacements), rows.shape, generator=generator, device=device
         )
-        inputs = torch.where(chosen & (action < 0.8), self.mask_id, rows)
-        inputs = torch.where(chosen & (action >= 0.9), self.replacements.to(device)[picks], inputs)
+        inputs = torch.where(chosen & (action < MASK_FRACTION), self.mask_id, rows)
+        replaced = chosen & (action >= 1.0 - RANDOM_FRACTION)
+        inputs = torch.where(replaced, self.replacements.to(device)[picks], inputs)
         return {
             "input_ids": inputs,
             "attention_mask": torch.ones_like(rows),

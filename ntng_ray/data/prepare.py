@@ -7,12 +7,19 @@ the packed rows are cached, so a second run (or another worker) on the same data
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from ntng_ray.config import DataConfig, RunConfig
 from ntng_ray.config.presets import Family
 from ntng_ray.data.collators import MLMCollator, SpanCorruptionCollator
+from ntng_ray.data.learnability import (
+    Learnability,
+    mlm_bounds,
+    span_corruption_entropy,
+    token_histogram,
+)
 from ntng_ray.data.packing import compute_t5_lengths, pack_corpus, split_sequences
 from ntng_ray.data.sources import load_corpus
 from ntng_ray.data.tokenizer import TokenizerInfo, get_tokenizer
@@ -53,6 +60,26 @@ class PreparedData:
             tok.eos_id,
             tok.sentinel_ids,
         )
+
+    @cached_property
+    def learnability(self) -> Learnability:
+        """The training split's unigram entropy of labelled tokens and the loss a model without
+        context can reach under this run's corruption (the collator's own settings), once."""
+        counts = token_histogram(self.rows, self.train_ids, self.tokenizer.vocab_size)
+        collator = self.collator()
+        if isinstance(collator, MLMCollator):
+            entropy, bound = mlm_bounds(
+                counts, collator.special_ids.numpy(), collator.replacements.numpy()
+            )
+        else:
+            entropy = bound = span_corruption_entropy(
+                counts,
+                collator.num_noise,
+                collator.num_spans,
+                collator.eos_id,
+                collator.sentinel_ids,
+            )
+        return Learnability(entropy, bound, len(self.train_ids) * self.row_length)
 
 
 def row_lengths(cfg: RunConfig) -> tuple[int, int | None]:

@@ -1,11 +1,13 @@
 """BERT with a classification or regression head on the pretrained encoder.
 
-The head (and BERT's pooler, which the MLM checkpoint lacks) is newly initialised from the
-seed; the MLM head is dropped. Classification tasks train cross-entropy over the classes,
-STS-B mean squared error on the score. COPA and ReCoRD rank candidates: every (context,
-candidate) pair is a yes/no example in training, and the prediction is the candidate whose
-"yes" logit most exceeds its "no" logit (COPA: the better choice; ReCoRD: the entity that
-fills the query's ``@placeholder``).
+The head is newly initialised from the seed and the MLM head is dropped. HF BERT gets
+``BertForSequenceClassification`` (its pooler, which the MLM checkpoint lacks, is new too);
+crammed BERT gets Cramming's head (``CrammedBertForSequenceClassification``: mean pooling,
+dense, tanh) and no segment ids, as it has no token-type embedding. Classification tasks
+train cross-entropy over the classes, STS-B mean squared error on the score. COPA and ReCoRD
+rank candidates: every (context, candidate) pair is a yes/no example in training, and the
+prediction is the candidate whose "yes" logit most exceeds its "no" logit (COPA: the better
+choice; ReCoRD: the entity that fills the query's ``@placeholder``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from ntng_ray.downstream.checkpoint import Pretrained
 from ntng_ray.downstream.encoding import (
@@ -31,6 +33,7 @@ from ntng_ray.downstream.encoding import (
 from ntng_ray.downstream.settings import FinetuneSettings
 from ntng_ray.downstream.tasks import TaskSpec
 from ntng_ray.errors import NtngError
+from ntng_ray.models import crammed_bert  # noqa: F401  (registers crammed BERT's Auto classes)
 
 PLACEHOLDER = "@placeholder"
 
@@ -42,7 +45,7 @@ class BertTask:
         self.spec = spec
         self.pad_id = pretrained.pad_id
         torch.manual_seed(settings.seed)
-        self.model = BertForSequenceClassification.from_pretrained(
+        self.model = AutoModelForSequenceClassification.from_pretrained(
             pretrained.folder,
             num_labels=spec.num_labels,
             problem_type=(
@@ -51,6 +54,7 @@ class BertTask:
             hidden_dropout_prob=settings.dropout,
             attention_probs_dropout_prob=settings.dropout,
         )
+        self.segments = hasattr(self.model.config, "type_vocab_size")
         limit = self.model.config.max_position_embeddings
         if settings.max_length > limit:
             raise NtngError(
@@ -77,6 +81,8 @@ class BertTask:
 
     def _encode(self, inputs: list[str | tuple[str, str]]) -> list[Features]:
         encodings = self.tokenizer.encode_batch(inputs) if inputs else []
+        if not self.segments:
+            return [{"input_ids": e.ids} for e in encodings]
         return [{"input_ids": e.ids, "token_type_ids": e.type_ids} for e in encodings]
 
     def _target(self, row: dict[str, Any], index: int, candidate: str | None) -> float | int:
@@ -99,11 +105,9 @@ class BertTask:
 
     def collate(self, features: Sequence[Features]) -> dict[str, torch.Tensor]:
         ids = pad([f["input_ids"] for f in features], self.pad_id)
-        batch = {
-            "input_ids": ids,
-            "attention_mask": (ids != self.pad_id).long(),
-            "token_type_ids": pad([f["token_type_ids"] for f in features], 0),
-        }
+        batch = {"input_ids": ids, "attention_mask": (ids != self.pad_id).long()}
+        if self.segments:
+            batch["token_type_ids"] = pad([f["token_type_ids"] for f in features], 0)
         if "labels" in features[0]:
             dtype = torch.float32 if self.spec.kind == "regression" else torch.long
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)

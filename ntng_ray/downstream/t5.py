@@ -16,7 +16,6 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import T5ForConditionalGeneration
 
 from ntng_ray.downstream.checkpoint import Pretrained
 from ntng_ray.downstream.encoding import (
@@ -32,6 +31,7 @@ from ntng_ray.downstream.encoding import (
 from ntng_ray.downstream.settings import FinetuneSettings
 from ntng_ray.downstream.tasks import TaskSpec
 from ntng_ray.errors import NtngError
+from ntng_ray.models.t5_v1_1 import load_untied_t5
 
 MODE = "generation"
 IGNORE = -100
@@ -51,9 +51,7 @@ class T5Task:
         self.spec = spec
         self.pad_id = pretrained.pad_id
         torch.manual_seed(settings.seed)
-        self.model = T5ForConditionalGeneration.from_pretrained(
-            pretrained.folder, dropout_rate=settings.dropout
-        )
+        self.model = load_untied_t5(pretrained.folder, dropout_rate=settings.dropout)
         self.tokenizer = truncating(pretrained.tokenizer, settings.max_length)
         self.words = self._target_vocabulary()
         self.target_length = max(

@@ -27,11 +27,13 @@ class ActiveLayerList(nn.ModuleList):
 
 
 def layer_stacks(model: nn.Module) -> list[ActiveLayerList]:
-    """The model's layer lists (BERT: the encoder; T5: encoder and decoder), made switchable."""
+    """The model's layer lists (BERT: the encoder's; T5: encoder and decoder), made switchable."""
     if hasattr(model, "bert"):
         owners = [(model.bert.encoder, "layer")]
-    elif hasattr(model, "encoder") and hasattr(model, "decoder"):
+    elif hasattr(model, "encoder") and hasattr(model, "decoder") and hasattr(model, "shared"):
         owners = [(model.encoder, "block"), (model.decoder, "block")]
+    elif hasattr(model, "encoder") and hasattr(model.encoder, "layers"):
+        owners = [(model.encoder, "layers")]
     else:
         raise TypeError(f"no known layer stack in {type(model).__name__}")
     stacks = []

@@ -1,17 +1,19 @@
-"""Build BERT-for-MLM and T5 v1.1 from presets: random init from configs, nothing downloaded."""
+"""Build the presets' models (HF BERT, crammed BERT, T5 v1.1): random init, nothing downloaded."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, T5Config, T5ForConditionalGeneration
+from transformers import BertConfig, BertForMaskedLM, T5Config
 from transformers.modeling_outputs import MaskedLMOutput
 
 from ntng_ray.config.presets import Preset
 from ntng_ray.models.active_layers import layer_stacks
+from ntng_ray.models.crammed_bert import CrammedBertConfig, CrammedBertForMaskedLM
+from ntng_ray.models.sparse_prediction import sparse_mlm_output
+from ntng_ray.models.t5_v1_1 import UntiedT5ForConditionalGeneration
 
 
 @dataclass(frozen=True)
@@ -29,31 +31,19 @@ def build_model(preset: Preset, vocab_size: int, ids: TokenIds, seed: int) -> nn
     switched to ``ActiveLayerList`` so strategies can run a subset of layers.
     """
     torch.manual_seed(seed)
-    if preset.family == "bert":
-        model = SparseBertForMaskedLM(_bert_config(preset, vocab_size, ids))
+    if preset.architecture == "hf-bert":
+        model: nn.Module = SparseBertForMaskedLM(_bert_config(preset, vocab_size, ids))
+    elif preset.architecture == "crammed-bert":
+        model = CrammedBertForMaskedLM(_crammed_config(preset, vocab_size, ids))
     else:
-        model = T5ForConditionalGeneration(_t5_config(preset, vocab_size, ids))
-        _rescale_t5_output_init(model)
+        model = UntiedT5ForConditionalGeneration(_t5_config(preset, vocab_size, ids))
     layer_stacks(model)
     return model
 
 
-def _rescale_t5_output_init(model: T5ForConditionalGeneration) -> None:
-    """Initialise T5 v1.1's untied output layer with std d_model**-0.5, as the original does.
-
-    Mesh TensorFlow's T5 v1.1 initialises the untied logits layer with fan-in variance scaling
-    (std = d_model**-0.5); HF initialises it with std 1.0, which makes the initial logits
-    sqrt(d_model) times too large (an initial loss near 60-100 instead of ln(vocab)).
-    """
-    with torch.no_grad():
-        model.lm_head.weight.normal_(mean=0.0, std=model.config.d_model**-0.5)
-
-
 class SparseBertForMaskedLM(BertForMaskedLM):
-    """BERT MLM whose head runs on the masked positions only (Cramming's "sparse prediction").
+    """HF BERT MLM whose head runs on the masked positions only (Cramming's "sparse prediction").
 
-    The loss is the same as the dense head's (cross-entropy over the labelled positions), but
-    the vocabulary projection costs ~15% of the dense one, which dominates small models' steps.
     The weights and state_dict are BertForMaskedLM's, so checkpoints load into stock HF classes.
     """
 
@@ -67,23 +57,31 @@ class SparseBertForMaskedLM(BertForMaskedLM):
         if labels is None:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
-        selected = labels != -100
-        logits = self.cls(hidden[selected])
-        loss = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
-        return MaskedLMOutput(loss=loss / selected.sum().clamp_min(1), logits=logits)
+        return sparse_mlm_output(hidden, labels, self.cls)
+
+
+def _encoder_sizes(preset: Preset, vocab_size: int, ids: TokenIds) -> dict[str, int]:
+    """The config fields both BERT architectures name alike."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": preset.hidden,
+        "num_hidden_layers": preset.num_layers,
+        "num_attention_heads": preset.heads,
+        "intermediate_size": preset.ffn,
+        "max_position_embeddings": preset.seq_len,
+        "pad_token_id": ids.pad_id,
+    }
+
+
+def _crammed_config(preset: Preset, vocab_size: int, ids: TokenIds) -> CrammedBertConfig:
+    return CrammedBertConfig(**_encoder_sizes(preset, vocab_size, ids))
 
 
 def _bert_config(preset: Preset, vocab_size: int, ids: TokenIds) -> BertConfig:
     return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=preset.hidden,
-        num_hidden_layers=preset.num_layers,
-        num_attention_heads=preset.heads,
-        intermediate_size=preset.ffn,
-        max_position_embeddings=preset.seq_len,
+        **_encoder_sizes(preset, vocab_size, ids),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        pad_token_id=ids.pad_id,
         attn_implementation="sdpa",
     )
 

@@ -10,16 +10,24 @@ from pathlib import Path
 
 from torch import nn
 
-from ntng_ray.config.presets import Family
-
 MODEL_FOLDER = "model"
 
 
-def load_exported_model(folder: Path, family: Family) -> nn.Module:
-    """A model a run exported (its ``model/`` folder), in eval mode."""
-    from transformers import T5ForConditionalGeneration
+def load_exported_model(folder: Path) -> nn.Module:
+    """A run's exported model (its ``model/`` folder) as the class that trained it, in eval mode."""
+    from transformers import AutoConfig
 
     from ntng_ray.models.builders import SparseBertForMaskedLM
+    from ntng_ray.models.crammed_bert import MODEL_TYPE as CRAMMED
+    from ntng_ray.models.crammed_bert import CrammedBertForMaskedLM
+    from ntng_ray.models.t5_v1_1 import load_untied_t5
 
-    cls = SparseBertForMaskedLM if family == "bert" else T5ForConditionalGeneration
-    return cls.from_pretrained(folder).eval()
+    model_type = AutoConfig.from_pretrained(folder).model_type
+    if model_type == "t5":
+        return load_untied_t5(folder).eval()
+    classes = {"bert": SparseBertForMaskedLM, CRAMMED: CrammedBertForMaskedLM}
+    if model_type not in classes:
+        raise ValueError(
+            f"{str(folder)!r}: model_type {model_type!r}; allowed: {', '.join([*classes, 't5'])}"
+        )
+    return classes[model_type].from_pretrained(folder).eval()

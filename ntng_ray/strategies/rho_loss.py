@@ -273,7 +273,7 @@ class RhoPreparation(Preparation):
         table = resolve_table(cfg.rst.table, cfg.model.preset, cfg.rst.allow_invalid_table)[0]
         il_ids = il_split(data.train_ids, fraction, cfg.data.split_seed)
         ids = np.setdiff1d(data.train_ids, il_ids, assume_unique=True)
-        model = load_exported_model(folder / IL_MODEL_FOLDER / MODEL_FOLDER, data.family)
+        model = load_exported_model(folder / IL_MODEL_FOLDER / MODEL_FOLDER)
         losses = irreducible_losses(model, cfg, data, ids)
         scoring = forward_cost(table, cfg.preset.num_layers, len(ids))
         total = summary["rst_seconds"] + scoring

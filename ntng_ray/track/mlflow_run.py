@@ -100,6 +100,12 @@ FINAL_METRICS = {
     "tokens_per_s": s.METRIC_TOKENS_PER_S,
     "preparation_rst_seconds": s.METRIC_PREPARATION_RST_SECONDS,
 }
+# Summary "data" key -> final metric, logged beside FINAL_METRICS.
+DATA_METRICS = {
+    "unigram_entropy_nats": s.METRIC_DATA_UNIGRAM_ENTROPY,
+    "context_free_bound_nats": s.METRIC_DATA_CONTEXT_FREE_BOUND,
+    "train_tokens": s.METRIC_DATA_TRAIN_TOKENS,
+}
 # A strategy summary field logged as a param goes under this prefix (beside its settings).
 STRATEGY_PARAM_PREFIX = "strategy."
 # ... or, when the setting of that name was logged with another value (e.g. null: the
@@ -457,11 +463,14 @@ class MlflowRun:
     def finish(self, summary: Mapping[str, Any], output_dir: Path) -> None:
         """Log the final figures at the run's last RST step, its dataset and files; FINISHED.
 
-        Measured figures are metrics; the strategy's other summary fields (settings and values
-        derived from them) are params ``strategy.<field>``.
+        Measured figures are metrics, the data section's figures as ``data.<key>``; the
+        strategy's other summary fields (settings and values derived from them) are params
+        ``strategy.<field>``.
         """
         step, stamp = s.rst_step(summary.get("rst_seconds", 0.0)), _now_ms()
         finals = {name: summary.get(key) for key, name in FINAL_METRICS.items()}
+        data = summary.get("data", {})
+        finals |= {name: data.get(key) for key, name in DATA_METRICS.items()}
         finals |= {f"rst_{k}_seconds": v for k, v in summary.get("rst_breakdown", {}).items()}
         strategy_summary = dict(summary.get("strategy_summary", {}))
         finals |= {
@@ -481,7 +490,7 @@ class MlflowRun:
                 if k not in s.STRATEGY_SUMMARY_METRICS and k not in s.STRATEGY_FIGURE_ALIASES
             }
         )
-        self._log_dataset(summary.get("data", {}).get("corpus_fingerprint"))
+        self._log_dataset(data.get("corpus_fingerprint"))
         for name in RUN_FILES:
             path = Path(output_dir) / name
             if path.is_file():

@@ -104,6 +104,11 @@ METRIC_STEPS = METRIC_OPTIMIZER_STEP
 METRIC_TOKENS_PER_S = "tokens_per_s"
 # RST a strategy's preparation spent before the run (0 for strategies without one).
 METRIC_PREPARATION_RST_SECONDS = "preparation_rst_seconds"
+# The training data's figures (summary "data" section), logged once at the run's last RST step:
+# the labelled tokens' unigram entropy, the best loss without context, the training tokens.
+METRIC_DATA_UNIGRAM_ENTROPY = "data.unigram_entropy_nats"
+METRIC_DATA_CONTEXT_FREE_BOUND = "data.context_free_bound_nats"
+METRIC_DATA_TRAIN_TOKENS = "data.train_tokens"
 # A strategy's summary figures that are measurements, logged as metrics under these names (its
 # per-record figures keep their own names too); every other summary field is a param
 # ``strategy.<field>`` (a setting, or a value derived from settings).

@@ -295,6 +295,7 @@ class BudgetedRun:
                 "train_eval_sequences": len(self.train_eval_rows),
                 "row_length": plan.data.row_length,
                 "corpus_fingerprint": plan.data.corpus_fingerprint,
+                **plan.data.learnability.to_dict(),
             },
             "model_parameters": count_parameters(self.engine.model),
             "environment": environment(self.engine.device),

@@ -45,6 +45,9 @@ def test_run_stops_within_one_step_of_budget_and_learns(
     first, last = summary["validation"][0]["loss"], summary["validation"][-1]["loss"]
     assert last < first - min_drop, (first, last)
     assert summary["final_train_eval_loss"] < summary["validation"][0]["train_eval_loss"] - min_drop
+    data = summary["data"]
+    assert data["train_tokens"] == data["train_sequences"] * data["row_length"]
+    assert 0 < data["context_free_bound_nats"] <= data["unigram_entropy_nats"]
 
     assert json.loads((out / "summary.json").read_text()) == summary
     assert load_config(str(out / "config.yaml")) == cfg

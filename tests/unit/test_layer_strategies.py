@@ -114,7 +114,7 @@ def test_stacking_defaults_fit_every_preset_depth() -> None:
     assert strategy_for(config("t5", "layer_stacking")).depth == 1
     base = config("t5", "layer_stacking", "model.preset=t5-v1_1-base", "rst.table=paper-t5-a100")
     assert strategy_for(base).depth == 3
-    assert strategy_for(config("bert", "layer_stacking", "model.preset=bert-base-16l")).depth == 4
+    assert strategy_for(config("bert", "layer_stacking", "model.preset=bert-crammed")).depth == 4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,13 @@ from ntng_ray.track.mlflow_run import MlflowRun, ensure_experiment, git_commit, 
 
 FINGERPRINT = "f" * 64
 PER_STEP = 0.37  # RST seconds a step costs: steps fall between whole milliseconds
+# The summary's data figures and the metrics they are logged as.
+DATA_FIGURES = {
+    "unigram_entropy_nats": 6.0,
+    "context_free_bound_nats": 5.45,
+    "train_tokens": 1280,
+}
+DATA_METRICS = {f"data.{key}": value for key, value in DATA_FIGURES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +102,7 @@ def summary(steps: int) -> dict[str, Any]:
         "rst_breakdown": {"train": PER_STEP * steps},
         # layer dropping's summary: two settings (a param already, and one derived) and a figure
         "strategy_summary": {"theta_min": 0.5, "gamma_f": 100.0, "mean_active_layers": 2.5},
-        "data": {"corpus_fingerprint": FINGERPRINT},
+        "data": {"corpus_fingerprint": FINGERPRINT, **DATA_FIGURES},
     }
 
 
@@ -157,6 +164,8 @@ def test_every_metric_is_logged_at_its_rst_in_milliseconds(
         (ms(clock(6)), pytest.approx(3.4))
     ]
     assert history(client, run.run_id, "mean_active_layers") == [(ms(clock(6)), 2.5)]
+    for key, value in DATA_METRICS.items():
+        assert history(client, run.run_id, key) == [(ms(clock(6)), value)], key
     assert metrics["tokens"] == 128 * 6 and metrics["rst_train_seconds"] == pytest.approx(2.22)
 
 
@@ -236,9 +245,8 @@ def test_a_reopened_run_finishing_at_its_last_logged_step_logs_its_final_figures
         for record in records(2)[2:]:
             second(record)
         second.finish(summary(2), tmp_path)
-    assert history(client, first.run_id, "final_validation_loss") == [
-        (ms(clock(2)), pytest.approx(3.8))
-    ]
+    for key, value in {"final_validation_loss": pytest.approx(3.8), **DATA_METRICS}.items():
+        assert history(client, first.run_id, key) == [(ms(clock(2)), value)], key
     assert history(client, first.run_id, "rst_seconds")[-1][0] == ms(clock(2))
     assert len(history(client, first.run_id, "optimizer_step")) == 3
 

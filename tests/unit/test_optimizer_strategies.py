@@ -307,7 +307,7 @@ def test_hessian_pricing_on_the_papers_tables() -> None:
     )  # fmt: skip
     assert t5.pass_cost(12) == 0.0 and t5.pricing() == "included_in_step"
     bert = _build(
-        "bert-tiny-synthetic", "model.preset=bert-base-16l", "rst.table=paper-bert-rtx3090-fixed",
+        "bert-tiny-synthetic", "model.preset=bert-crammed", "rst.table=paper-bert-rtx3090-fixed",
         "strategy.name=sophia", "train.microbatch_size=64", "train.grad_accum=2",
     )  # fmt: skip
     assert bert.pass_cost(16) == pytest.approx(0.2253)  # 2 x 64 sequences = the 128-sequence unit

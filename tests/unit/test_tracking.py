@@ -100,6 +100,11 @@ def summary(steps: int) -> dict[str, Any]:
         "wall_seconds": 1.2,
         "tokens_per_s": 1000.0,
         "reference_table": {"id": TABLE_ID, "sha256": TABLE_SHA},
+        "data": {
+            "unigram_entropy_nats": 6.0,
+            "context_free_bound_nats": 5.45,
+            "train_tokens": 1280,
+        },
     }
 
 
@@ -223,6 +228,9 @@ def test_finished_run_has_params_tags_metrics_and_artifacts(
     assert got.data.metrics["rst_seconds"] == 1.0
     assert got.data.metrics["final_validation_loss"] == 4.0
     assert history(client, run.run_id, "final_validation_loss") == [(1000, 4.0)]
+    assert history(client, run.run_id, "data.unigram_entropy_nats") == [(1000, 6.0)]
+    assert history(client, run.run_id, "data.context_free_bound_nats") == [(1000, 5.45)]
+    assert history(client, run.run_id, "data.train_tokens") == [(1000, 1280)]
     assert got.data.metrics["optimizer_step"] == 2
     assert not {"step", "steps"} & got.data.metrics.keys()
     assert {a.path for a in client.list_artifacts(run.run_id)} == {
