@@ -82,10 +82,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_presets(args: argparse.Namespace) -> int:
     from ntng_ray.config.presets import PRESETS
 
+    width = max(len(name) for name in PRESETS)
     for preset in PRESETS.values():
         print(
-            f"{preset.name:<14} {preset.family:<4} layers {preset.num_layers:>2}  hidden "
-            f"{preset.hidden:>4}  seq {preset.seq_len:>3}  vocab {preset.vocab_size:>5}  "
+            f"{preset.name:<{width}}  {preset.architecture:<12} layers {preset.num_layers:>2}  "
+            f"hidden {preset.hidden:>4}  seq {preset.seq_len:>3}  vocab {preset.vocab_size:>5}  "
             f"{preset.description}"
         )
     return 0

@@ -35,13 +35,25 @@ def pretrained(out: Path, config: str, overrides: list[str]) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wikitext_bert(out: Path, overrides: list[str]) -> Path:
     """A tiny BERT pretrained for 3 RST seconds on WikiText-2 (its run's output_dir)."""
     if not WIKITEXT.is_file():
         pytest.skip(f"shared data file {WIKITEXT} is absent (it exists only in CI)")
     source = ["data.source=files", f"data.files=[{WIKITEXT}]"]
-    return pretrained(tmp_path_factory.mktemp("bert"), "bert-tiny-synthetic", source)
+    return pretrained(out, "bert-tiny-synthetic", [*source, *overrides])
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """HF BERT (post-LN, bert-tiny)."""
+    return wikitext_bert(tmp_path_factory.mktemp("bert"), [])
+
+
+@pytest.fixture(scope="module")
+def crammed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Crammed BERT (bert-crammed-tiny): no token types, Cramming's classification head."""
+    crammed = ["model.preset=bert-crammed-tiny", "rst.table=cpu-bert-crammed-tiny"]
+    return wikitext_bert(tmp_path_factory.mktemp("crammed"), crammed)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +62,11 @@ def t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return pretrained(tmp_path_factory.mktemp("t5"), "t5-tiny-synthetic", [])
 
 
+@pytest.mark.parametrize("architecture", ["bert", "crammed"])
 def test_bert_fine_tuned_on_sst2_beats_the_majority_class(
-    bert: Path, shared_data: Path, tmp_path: Path
+    architecture: str, shared_data: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    bert = request.getfixturevalue(architecture)
     settings = load_settings(
         [*QUICK, "max_train_examples=6400", "epochs=1", "batch_size=16", "lr=5e-4"]
     )
@@ -109,9 +123,12 @@ def test_cli_writes_scores_json_with_wnli_left_out_of_the_average(
     assert "glue average" in printed and str(out / "scores.json") in printed
 
 
+@pytest.mark.parametrize("architecture", ["bert", "crammed"])
 def test_ranking_tasks_are_deterministic_by_seed_and_best_epoch_is_labelled(
-    bert: Path, tmp_path: Path
+    architecture: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    """Sentence pairs too: crammed BERT tells them apart by [SEP] alone (no token types)."""
+    bert = request.getfixturevalue(architecture)
     data = small_benchmarks(tmp_path / "data")
     settings = load_settings([*QUICK, "epochs=2", "report=best", "lr=1e-3"])
 

@@ -32,6 +32,7 @@ from ntng_ray.engines.engine import Engine, TorchEngine
 from ntng_ray.engines.factory import build_engine, data_parallel, engine_kind
 from ntng_ray.engines.optimizers import build_optimizer
 from ntng_ray.errors import NtngError
+from ntng_ray.models.active_layers import layer_stacks
 from ntng_ray.models.builders import TokenIds, build_model
 
 CPU = torch.device("cpu")
@@ -89,8 +90,8 @@ def run_config(engine: str = "torch", zero: int = 0, precision: str = "fp32", **
     )
 
 
-def new_model() -> nn.Module:
-    return build_model(PRESETS["bert-tiny"], VOCAB, TokenIds(pad_id=0), seed=0)
+def new_model(preset: str = "bert-tiny") -> nn.Module:
+    return build_model(PRESETS[preset], VOCAB, TokenIds(pad_id=0), seed=0)
 
 
 def engine_for(cfg: RunConfig, model: nn.Module | None = None) -> Engine:
@@ -124,7 +125,7 @@ def flat(history: History) -> list[float | None]:
 
 
 def layer_params(model: nn.Module, index: int) -> list[nn.Parameter]:
-    return list(model.bert.encoder.layer[index].parameters())
+    return list(layer_stacks(model)[0][index].parameters())
 
 
 def snapshot(params: list[nn.Parameter]) -> list[torch.Tensor]:
@@ -293,9 +294,10 @@ def test_ddp_leaves_inactive_layers_alone_and_matches_one_process() -> None:
         ddp.step(LR)
 
 
-def test_deepspeed_moves_inactive_layers_but_trains_the_active_ones_alike() -> None:
+@pytest.mark.parametrize("preset", ["bert-tiny", "bert-crammed-tiny"])
+def test_deepspeed_moves_inactive_layers_but_trains_the_active_ones_alike(preset: str) -> None:
     """DeepSpeed fills missing gradients with zeros: weight decay still moves inactive layers."""
-    engines = [engine_for(CONFIGS[name]) for name in ("torch", "zero2")]
+    engines = [engine_for(CONFIGS[name], new_model(preset)) for name in ("torch", "zero2")]
     before = [snapshot(layer_params(e.model, 3)) for e in engines]
     histories = []
     for engine in engines:
