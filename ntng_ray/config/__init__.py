@@ -170,6 +170,15 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(10, ge=1, description="Optimizer steps between metric lines.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's.")
+    compile: bool = Field(
+        False,
+        description="torch.compile each transformer block (compile time is reported, not charged).",
+    )
+    prefetch: int = Field(
+        2,
+        ge=0,
+        description="Batches collated and copied to the device ahead of the step (0: in the step).",
+    )
 
 
 class BackendConfig(Section):

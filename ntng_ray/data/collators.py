@@ -25,7 +25,9 @@ KEEP_FRACTION = 1.0 - MASK_FRACTION - RANDOM_FRACTION  # stays as it is
 class MLMCollator:
     """BERT masking: each non-special token is chosen with probability ``mlm_probability``;
     chosen tokens become [MASK] (80%), a random non-special token (10%) or stay (10%).
-    Labels hold the original id at chosen positions and -100 elsewhere. Random replacements
+    Labels hold the original id at chosen positions and -100 elsewhere; ``masked_positions``
+    lists the chosen positions' flat indices (the sparse head reads them instead of searching
+    the labels on the device, which would stall the step). Random replacements
     are drawn from ``[0, vocab_size)`` without the special ids: pass the tokenizer's trained
     size, so they are tokens the model really sees.
     """
@@ -61,6 +63,7 @@ class MLMCollator:
             "input_ids": inputs,
             "attention_mask": torch.ones_like(rows),
             "labels": torch.where(chosen, rows, IGNORE),
+            "masked_positions": chosen.flatten().nonzero().squeeze(1),
         }
 
 

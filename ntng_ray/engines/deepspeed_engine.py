@@ -124,29 +124,31 @@ class DeepSpeedEngine(EngineBase):
 
         def clip() -> None:
             norm = clip_grad_norm_(ds.module.parameters(), ds.gradient_clipping(), mpu=ds.mpu)
-            self._fp32_clip_norm = float(norm)
+            self._fp32_clip_norm = torch.as_tensor(norm)
 
         ds.clip_fp32_gradients = clip
 
     def _infer(self, batch: Batch) -> Any:
         return self._ds(**batch)
 
-    def forward_backward(self, batch: Batch, scale: float) -> float:
-        """Forward and backward of one microbatch; gradients accumulate, scaled by ``scale``."""
+    def forward_backward(self, batch: Batch, scale: float) -> torch.Tensor:
+        """Forward and backward of one microbatch; gradients accumulate, scaled by ``scale``.
+        Returns the microbatch's loss, detached, on the device."""
         self._ds.train()
         loss = self._ds(**self._to_device(batch)).loss
         self._ds.backward(loss * scale, scale_wrt_gas=False)
-        return loss.detach().float().item()
+        return loss.detach().float()
 
-    def step(self, lr: float) -> float | None:
-        """Reduce, clip and apply the optimizer at ``lr`` once; returns the pre-clip global norm."""
+    def step(self, lr: float) -> torch.Tensor | None:
+        """Reduce, clip and apply the optimizer at ``lr`` once; returns the pre-clip global norm
+        (as DeepSpeed keeps it: its ZeRO optimizers read it on the host themselves)."""
         self._set_lr(lr)
         self._fp32_clip_norm = None
         self._ds.step()
         if self._ds.gradient_clipping() <= 0.0:
             return None
         norm = self._ds.get_global_grad_norm()
-        return float(norm) if norm is not None else self._fp32_clip_norm
+        return torch.as_tensor(norm) if norm is not None else self._fp32_clip_norm
 
     def replace_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Swap the optimizer where DeepSpeed steps it directly (ZeRO 0, fp32); refuse otherwise.

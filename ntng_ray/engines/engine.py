@@ -10,6 +10,7 @@ with its optimizer state or reset that state (layer stacking), and run no-grad f
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,16 +32,18 @@ class Engine(Protocol):
 
     ``model`` is always the bare module (never a DDP or DeepSpeed wrapper), so strategies can
     reach its layers; ``optimizer`` is the project's client optimizer, whose ``param_groups``
-    carry the learning rate.
+    carry the learning rate. ``forward_backward`` and ``step`` return the loss and the gradient
+    norm as tensors on the device: reading them is a host synchronisation, which the loop
+    does only where it logs.
     """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     device: torch.device
 
-    def forward_backward(self, batch: Batch, scale: float) -> float: ...
+    def forward_backward(self, batch: Batch, scale: float) -> torch.Tensor: ...
 
-    def step(self, lr: float) -> float | None: ...
+    def step(self, lr: float) -> torch.Tensor | None: ...
 
     def loss_sum(self, batch: Batch) -> tuple[float, int]: ...
 
@@ -64,6 +67,8 @@ class Engine(Protocol):
 
     def load_state(self, directory: Path) -> None: ...
 
+    def warm_up(self, batch: Batch) -> None: ...
+
 
 class EngineBase:
     """What both engines do alike: moving batches, no-grad evaluation, layers, the lr."""
@@ -75,6 +80,24 @@ class EngineBase:
     def _infer(self, batch: Batch) -> Any:
         """The model's output on a batch already on the device, in the engine's precision."""
         raise NotImplementedError
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """The context the engine's forward passes run in (autocast, or nothing)."""
+        return contextlib.nullcontext()
+
+    def warm_up(self, batch: Batch) -> None:
+        """Forward and backward of a copy of the model on ``batch`` in training mode, then a
+        no-grad forward in eval mode, in the engine's precision: what torch.compile compiles
+        on first use is compiled now, while model, optimizer and gradients stay untouched."""
+        clone = copy_with_own_compiled_calls(self.model)
+        batch = self._to_device(batch)
+        clone.train()
+        with self._precision():
+            loss = clone(**batch).loss
+        loss.backward()
+        clone.eval()
+        with torch.no_grad(), self._precision():
+            clone(**batch)
 
     def _to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -136,13 +159,13 @@ class TorchEngine(EngineBase):
         self._microbatches = 0
         self._synchronized = True
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _precision(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _infer(self, batch: Batch) -> Any:
-        with self._autocast():
+        with self._precision():
             return self.model(**batch)
 
     def _gradient_sync(self) -> contextlib.AbstractContextManager:
@@ -152,16 +175,17 @@ class TorchEngine(EngineBase):
         self._synchronized = no_sync is None or self._microbatches >= self.grad_accum
         return contextlib.nullcontext() if self._synchronized else no_sync()
 
-    def forward_backward(self, batch: Batch, scale: float) -> float:
-        """Forward and backward of one microbatch; gradients accumulate, scaled by ``scale``."""
+    def forward_backward(self, batch: Batch, scale: float) -> torch.Tensor:
+        """Forward and backward of one microbatch; gradients accumulate, scaled by ``scale``.
+        Returns the microbatch's loss, detached, on the device."""
         self.train_module.train()
         with self._gradient_sync():
-            with self._autocast():
+            with self._precision():
                 loss = self.train_module(**self._to_device(batch)).loss
             (loss * scale).backward()
-        return loss.detach().float().item()
+        return loss.detach().float()
 
-    def step(self, lr: float) -> float | None:
+    def step(self, lr: float) -> torch.Tensor | None:
         """Clip, apply the optimizer at ``lr``, and clear gradients; returns the pre-clip norm."""
         if not self._synchronized:
             raise NtngError(
@@ -172,7 +196,7 @@ class TorchEngine(EngineBase):
         self._set_lr(lr)
         norm = None
         if self.grad_clip is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
@@ -211,6 +235,20 @@ class TorchEngine(EngineBase):
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def copy_with_own_compiled_calls(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose compiled submodules call the copy, not the original.
+
+    ``nn.Module.compile`` stores a compiled wrapper of the module's own bound call, which a
+    deep copy shares: left alone, the copy's compiled blocks would run the original's weights.
+    Recompiling them costs nothing: compiled code is cached per code object, not per module.
+    """
+    clone = copy.deepcopy(module)
+    for submodule in clone.modules():
+        if getattr(submodule, "_compiled_call_impl", None) is not None:
+            submodule.compile()
+    return clone
 
 
 def check_optimizer_params(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:

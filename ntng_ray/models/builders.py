@@ -52,12 +52,13 @@ class SparseBertForMaskedLM(BertForMaskedLM):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        masked_positions: torch.Tensor | None = None,
         **kwargs,
     ) -> MaskedLMOutput:
         if labels is None:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
-        return sparse_mlm_output(hidden, labels, self.cls)
+        return sparse_mlm_output(hidden, labels, self.cls, masked_positions)
 
 
 def _encoder_sizes(preset: Preset, vocab_size: int, ids: TokenIds) -> dict[str, int]:

@@ -221,8 +221,9 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
 class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
     """The pretraining model: the encoder and a bias-free decoder tied to the token embedding.
 
-    With labels, the loss and logits are sparse (one row per labelled position, row-major),
-    as ``SparseBertForMaskedLM``'s; without, logits are dense [batch, length, vocab].
+    With labels, the loss and logits are sparse (one row per labelled position, row-major;
+    ``masked_positions`` names them without a host sync), as ``SparseBertForMaskedLM``'s;
+    without, logits are dense [batch, length, vocab].
     """
 
     _tied_weights_keys: ClassVar[dict[str, str]] = {
@@ -252,11 +253,12 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        masked_positions: torch.Tensor | None = None,
     ) -> MaskedLMOutput:
         hidden = self.encoder(input_ids, attention_mask)
         if labels is None:
             return MaskedLMOutput(logits=self.decoder(hidden))
-        return sparse_mlm_output(hidden, labels, self.decoder)
+        return sparse_mlm_output(hidden, labels, self.decoder, masked_positions)
 
 
 class CrammedBertForSequenceClassification(CrammedBertPreTrainedModel):

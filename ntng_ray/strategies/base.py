@@ -43,10 +43,11 @@ from torch import nn
 
 from ntng_ray.config import RunConfig
 from ntng_ray.config.presets import Family
-from ntng_ray.engines.engine import Batch, Engine
+from ntng_ray.engines.engine import Engine
 from ntng_ray.engines.factory import OptimizerAccess
 from ntng_ray.engines.optimizers import TABLE_OPTIMIZER, build_optimizer
 from ntng_ray.rst.table import ReferenceTable
+from ntng_ray.strategies.examples import Examples
 
 Cost = dict[str, float]
 
@@ -55,29 +56,6 @@ class StrategyParams(BaseModel):
     """A strategy's own parameters (``strategy.<param>=…``); unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-@dataclass
-class Examples:
-    """Collated examples with their stable row ids (the packed row index)."""
-
-    ids: np.ndarray
-    batch: Batch
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def take(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> Examples:
-        """The examples at ``index`` (positions within this set), in that order."""
-        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        return Examples(self.ids[index.numpy()], {k: v[index] for k, v in self.batch.items()})
-
-    @staticmethod
-    def concat(parts: Sequence[Examples]) -> Examples:
-        """One set from several, in order."""
-        ids = np.concatenate([p.ids for p in parts])
-        keys = parts[0].batch.keys()
-        return Examples(ids, {k: torch.cat([p.batch[k] for p in parts]) for k in keys})
 
 
 @dataclass

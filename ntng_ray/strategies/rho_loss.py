@@ -67,6 +67,7 @@ from ntng_ray.strategies.base import (
     StrategyContext,
     StrategyParams,
 )
+from ntng_ray.strategies.examples import POSITIONS
 from ntng_ray.strategies.scoring import (
     ScoringParams,
     derived_seed,
@@ -420,5 +421,5 @@ def irreducible_losses(
         low_precision = cfg.train.precision != "fp32"
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
             output = model(**batch)
-        parts.append(example_losses(output.logits, batch["labels"]))
+        parts.append(example_losses(output.logits, batch["labels"], batch.get(POSITIONS)))
     return torch.cat(parts).numpy()

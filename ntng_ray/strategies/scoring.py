@@ -18,6 +18,7 @@ from ntng_ray.engines.engine import Batch, Engine
 from ntng_ray.rst.clock import FORWARD, forward_cost
 from ntng_ray.rst.table import ReferenceTable
 from ntng_ray.strategies.base import Cost, Examples, StrategyParams
+from ntng_ray.strategies.examples import POSITIONS
 
 IGNORE = -100  # the label of an unscored position (the collators' and cross_entropy's)
 
@@ -30,34 +31,46 @@ class ScoringParams(StrategyParams):
     )
 
 
-def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def example_losses(
+    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean token loss of each example, on the CPU, in float32.
 
     ``logits`` is dense, [B, T, V] against ``labels`` [B, T] (T5), or sparse, one row per
-    labelled position in row-major order of ``labels != -100`` (the crammed BERT head). An
-    example with no labelled token has loss 0: it carries no signal to rank it by.
+    labelled position in row-major order (the BERT heads), whose flat indices ``positions``
+    (the batch's ``masked_positions``) name without a search on the device. An example with no
+    labelled token has loss 0: it carries no signal to rank it by. The copy to the CPU is the
+    one host read of a selection.
     """
     labels = labels.to(logits.device)
-    labelled = labels != IGNORE
     if logits.dim() == 3:
         if logits.shape[:2] != labels.shape:
             raise ValueError(f"logits {tuple(logits.shape)} do not match labels {labels.shape}")
-        logits = logits[labelled]
-    elif logits.dim() != 2 or logits.shape[0] != int(labelled.sum()):
-        raise ValueError(
-            f"logits {tuple(logits.shape)}: expected [B, T, V] or one row per labelled token "
-            f"({int(labelled.sum())})"
+        token_losses = F.cross_entropy(
+            logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
         )
-    token_losses = F.cross_entropy(logits.float(), labels[labelled], reduction="none")
-    rows = labelled.nonzero()[:, 0]
-    sums = torch.zeros(labels.shape[0], device=logits.device).index_add_(0, rows, token_losses)
-    return (sums / labelled.sum(dim=1).clamp_min(1)).cpu()
+        sums = token_losses.sum(dim=1)
+    else:
+        if positions is None:
+            positions = (labels.flatten() != IGNORE).nonzero().squeeze(1)
+        if logits.dim() != 2 or logits.shape[0] != positions.numel():
+            raise ValueError(
+                f"logits {tuple(logits.shape)}: expected [B, T, V] or one row per labelled "
+                f"token ({positions.numel()})"
+            )
+        positions = positions.to(logits.device)
+        targets = labels.flatten().index_select(0, positions)
+        token_losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        rows = torch.div(positions, labels.shape[1], rounding_mode="floor")
+        sums = torch.zeros(labels.shape[0], device=logits.device).index_add_(0, rows, token_losses)
+    counts = (labels != IGNORE).sum(dim=1).clamp_min(1)
+    return (sums / counts).cpu()
 
 
 def per_example_losses(engine: Engine, batch: Batch) -> torch.Tensor:
     """Each example's mean token loss under the engine's model: no grad, eval mode."""
     output: Any = engine.forward_no_grad(batch)
-    return example_losses(output.logits, batch["labels"])
+    return example_losses(output.logits, batch["labels"], batch.get(POSITIONS))
 
 
 def score_examples(engine: Engine, examples: Examples, chunk: int) -> torch.Tensor:

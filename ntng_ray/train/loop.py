@@ -30,13 +30,15 @@ from ntng_ray.engines.device import environment
 from ntng_ray.engines.engine import Engine
 from ntng_ray.errors import NtngError
 from ntng_ray.models.builders import count_parameters
+from ntng_ray.models.compile import compile_blocks
 from ntng_ray.rst.clock import FORWARD, HESSIAN, OPTIMIZER, TRAIN, RSTClock, step_cost
 from ntng_ray.schedules import lr_multiplier
 from ntng_ray.strategies import Strategy, StrategyContext, build_strategy
-from ntng_ray.strategies.base import Candidates, Cost, Examples
+from ntng_ray.strategies.base import Candidates, Cost
 from ntng_ray.train.batches import BatchStream
 from ntng_ray.train.evaluation import mean_token_loss
 from ntng_ray.train.plan import RunPlan, build_engine
+from ntng_ray.train.prefetch import ExampleSource, Prefetcher
 
 Reporter = Callable[[dict[str, Any]], None]
 # Called on every worker with a folder holding that worker's part of a checkpoint.
@@ -75,12 +77,19 @@ class BudgetedRun:
         self.clock = RSTClock(cfg.budget.seconds)
         self.schedule = lr_multiplier(cfg.schedule)
         self.collator = plan.data.collator()
-        self.stream = BatchStream(strategy.training_rows(plan.data.train_ids), seed=cfg.seed)
-        self.mask_generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + placement.rank)
+        source = ExampleSource(
+            BatchStream(strategy.training_rows(plan.data.train_ids), seed=cfg.seed),
+            plan.data.rows,
+            self.collator,
+            torch.Generator().manual_seed(cfg.seed * 1_000_003 + placement.rank),
+            placement.rank,
+            placement.world_size,
+        )
+        self.examples = Prefetcher(source, engine.device, cfg.train.prefetch)
         self.sequences_per_step = (
             cfg.train.microbatch_size * cfg.train.grad_accum * placement.world_size
         )
-        self.candidates = Candidates(draw=self._draw, microbatch=cfg.train.microbatch_size)
+        self.candidates = Candidates(draw=self.examples.draw, microbatch=cfg.train.microbatch_size)
         self.eval_microbatch = cfg.eval.microbatch_size or cfg.train.microbatch_size
         self.val_rows = plan.data.rows[plan.data.val_ids]
         self.train_eval_rows = plan.data.rows[train_eval_sample(plan.data, cfg)]
@@ -92,11 +101,35 @@ class BudgetedRun:
         self.train_wall = 0.0
         self.eval_wall = 0.0
         self.restored_from_step: int | None = None
-        self.last_step: tuple[list[float], float, float] = ([], 0.0, 0.0)
+        self.last_step: tuple[list[torch.Tensor], float, torch.Tensor | None] = ([], 0.0, None)
+        self.compile_seconds = 0.0
         self.started = time.perf_counter()
 
     def run(self) -> dict[str, Any]:
         """Train until the next step would pass the budget; return the run's summary."""
+        try:
+            if self.cfg.train.compile:
+                self.compile_seconds = self._compile()
+            self._train()
+        finally:
+            self.examples.close()
+        return self._summary()
+
+    def _compile(self) -> float:
+        """Compile the model's blocks and run them once: seconds spent (not charged to RST).
+
+        The warm-up batch comes from training rows with a generator of its own, so the run's
+        data order and masks are untouched.
+        """
+        started = time.perf_counter()
+        compile_blocks(self.engine.model)
+        data = self.plan.data
+        rows = data.rows[data.train_ids[: self.cfg.train.microbatch_size]]
+        warm_up = self.collator(torch.from_numpy(rows).long(), torch.Generator().manual_seed(0))
+        self.engine.warm_up(warm_up)
+        return time.perf_counter() - started
+
+    def _train(self) -> None:
         self._evaluate_due_points()
         while True:
             started = time.perf_counter()
@@ -121,14 +154,6 @@ class BudgetedRun:
         if self.last_step[0] and self.step % self.cfg.train.log_every:
             self._report_train()
         self._evaluate(1.0)
-        return self._summary()
-
-    def _draw(self, count: int) -> Examples:
-        """This worker's next ``count`` examples: its slice of the group's shared order."""
-        ids = self.stream.take(count * self.placement.world_size)
-        mine = ids[self.placement.rank * count : (self.placement.rank + 1) * count]
-        rows = torch.from_numpy(self.plan.data.rows[mine]).long()
-        return Examples(mine, self.collator(rows, self.mask_generator))
 
     def _train_step(self, cost: Cost, started: float) -> None:
         lr = self.strategy.peak_lr() * self.schedule(self.clock.progress)
@@ -149,14 +174,18 @@ class BudgetedRun:
             self._report_train()
 
     def _report_train(self) -> None:
-        """The train record of the latest step (every ``train.log_every`` steps, and the last)."""
+        """The train record of the latest step (every ``train.log_every`` steps, and the last).
+
+        The step's losses and gradient norm stay on the device until here: reading them is
+        the only host synchronisation of a step that makes no data-dependent choice.
+        """
         losses, lr, grad_norm = self.last_step
         self._report(
             {
                 "event": "train",
-                "loss": float(np.mean(losses)),
+                "loss": torch.stack(losses).mean().item(),
                 "lr": lr,
-                "grad_norm": grad_norm,
+                "grad_norm": None if grad_norm is None else grad_norm.item(),
                 "active_layers": len(self.engine.active_layers()),
                 "tokens": self.tokens,
                 "tokens_per_s": self.tokens / self.train_wall,
@@ -207,8 +236,7 @@ class BudgetedRun:
         return {
             "world_size": self.placement.world_size,
             "clock": self.clock.state_dict(),
-            "stream": self.stream.state_dict(),
-            "mask_generator": self.mask_generator.get_state(),
+            **self.examples.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "step": self.step,
             "tokens": self.tokens,
@@ -233,8 +261,9 @@ class BudgetedRun:
             )
         self.engine.load_state(folder / ENGINE_FOLDER)
         self.clock.load_state_dict(state["clock"])
-        self.stream.load_state_dict(state["stream"])
-        self.mask_generator.set_state(state["mask_generator"])
+        self.examples.load_state_dict(
+            {"stream": state["stream"], "mask_generator": state["mask_generator"]}
+        )
         torch.set_rng_state(state["torch_rng"])
         for name in ("step", "tokens", "validation", "pending_points", "pending_checkpoints"):
             setattr(self, name, state[name])
@@ -279,6 +308,7 @@ class BudgetedRun:
             "train_wall_seconds": self.train_wall,
             "eval_wall_seconds": self.eval_wall,
             "tokens_per_s": self.tokens / self.train_wall if self.train_wall else 0.0,
+            "compile_seconds": self.compile_seconds,
             "final_validation_loss": final["loss"],
             "final_train_eval_loss": final["train_eval_loss"],
             "validation": self.validation,

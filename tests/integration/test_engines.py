@@ -114,9 +114,11 @@ def train(engine: Engine, steps: range) -> History:
     out = []
     for step in steps:
         losses = [
-            engine.forward_backward(batch(step * ACCUM + m), 1.0 / ACCUM) for m in range(ACCUM)
+            engine.forward_backward(batch(step * ACCUM + m), 1.0 / ACCUM).item()
+            for m in range(ACCUM)
         ]
-        out.append((sum(losses) / ACCUM, engine.step(LR)))
+        norm = engine.step(LR)
+        out.append((sum(losses) / ACCUM, None if norm is None else norm.item()))
     return out
 
 

@@ -61,7 +61,10 @@ def test_example_losses_dense_and_sparse_agree_and_unlabelled_rows_score_zero() 
     labels[2] = -100
     dense = example_losses(logits, labels)
     sparse = example_losses(logits[labels != -100], labels)
+    positions = (labels.flatten() != -100).nonzero().squeeze(1)
+    named = example_losses(logits[labels != -100], labels, positions)
     torch.testing.assert_close(dense, sparse)
+    torch.testing.assert_close(named, sparse)
     by_hand = torch.nn.functional.cross_entropy(logits[0, 2:], labels[0, 2:])
     torch.testing.assert_close(dense[0], by_hand)
     assert dense[2] == 0.0
