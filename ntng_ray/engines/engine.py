@@ -238,16 +238,16 @@ class TorchEngine(EngineBase):
 
 
 def copy_with_own_compiled_calls(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` whose compiled submodules call the copy, not the original.
+    """A deep copy of ``module`` whose submodules are compiled where the original's are.
 
-    ``nn.Module.compile`` stores a compiled wrapper of the module's own bound call, which a
-    deep copy shares: left alone, the copy's compiled blocks would run the original's weights.
-    Recompiling them costs nothing: compiled code is cached per code object, not per module.
+    A deep copy drops ``nn.Module.compile``'s compiled call; compiling the copy's blocks again
+    costs nothing by itself: compiled code is cached per code object, not per module, so what
+    the copy compiles on first use is what the original's blocks then run.
     """
     clone = copy.deepcopy(module)
-    for submodule in clone.modules():
-        if getattr(submodule, "_compiled_call_impl", None) is not None:
-            submodule.compile()
+    for original, copied in zip(module.modules(), clone.modules(), strict=True):
+        if getattr(original, "_compiled_call_impl", None) is not None:
+            copied.compile()
     return clone
 
 

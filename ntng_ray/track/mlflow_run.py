@@ -98,6 +98,7 @@ FINAL_METRICS = {
     "tokens": s.METRIC_TOKENS,
     "wall_seconds": s.METRIC_WALL_SECONDS,
     "tokens_per_s": s.METRIC_TOKENS_PER_S,
+    "compile_seconds": s.METRIC_COMPILE_SECONDS,
     "preparation_rst_seconds": s.METRIC_PREPARATION_RST_SECONDS,
 }
 # Summary "data" key -> final metric, logged beside FINAL_METRICS.

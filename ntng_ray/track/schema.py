@@ -102,6 +102,7 @@ METRIC_OPTIMIZER_STEP = "optimizer_step"
 # A run's optimizer steps: the latest value of METRIC_OPTIMIZER_STEP (one name per figure).
 METRIC_STEPS = METRIC_OPTIMIZER_STEP
 METRIC_TOKENS_PER_S = "tokens_per_s"
+METRIC_COMPILE_SECONDS = "compile_seconds"  # torch.compile warm-up; never charged to RST
 # RST a strategy's preparation spent before the run (0 for strategies without one).
 METRIC_PREPARATION_RST_SECONDS = "preparation_rst_seconds"
 # The training data's figures (summary "data" section), logged once at the run's last RST step:

@@ -120,3 +120,40 @@ def test_loop_runs_where_ray_deepspeed_and_mlflow_are_absent(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["steps"] > 0
+
+
+def test_compiled_blocks_train_alike_without_recompiling_as_layers_change(tmp_path) -> None:
+    """train.compile: one compiled block serves every active-layer subset (layer dropping draws
+    a new one each step); compile time is reported apart; the losses are the eager run's."""
+    from torch._dynamo.utils import counters
+
+    common = [*FAST, "budget.rst_seconds=2", "strategy.name=layer_dropping", "eval.points=[]"]
+    common += ["train.microbatch_size=8", "tracking.enabled=false"]
+    eager = pretrain(
+        load_config("bert-crammed-tiny-synthetic", [*common, f"output_dir={tmp_path / 'e'}"])
+    )
+    graphs: list[int] = []
+    cfg = load_config(
+        "bert-crammed-tiny-synthetic",
+        [*common, "train.compile=true", f"output_dir={tmp_path / 'c'}"],
+    )
+    from ntng_ray.train.loop import BudgetedRun
+
+    train_step = BudgetedRun._train_step
+
+    def counted(run: BudgetedRun, *args) -> None:  # graphs before and after each step
+        graphs.append(counters["stats"]["unique_graphs"])
+        train_step(run, *args)
+        graphs.append(counters["stats"]["unique_graphs"])
+
+    BudgetedRun._train_step = counted  # type: ignore[method-assign]
+    try:
+        compiled = pretrain(cfg)
+    finally:
+        BudgetedRun._train_step = train_step  # type: ignore[method-assign]
+    assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
+    assert graphs[0] > 0 and set(graphs) == {graphs[0]}, graphs
+    assert compiled["steps"] == eager["steps"] > 3
+    assert compiled["final_validation_loss"] == pytest.approx(
+        eager["final_validation_loss"], rel=1e-4
+    )
