@@ -174,10 +174,13 @@ class TrainConfig(Section):
         False,
         description="torch.compile each transformer block (compile time is reported, not charged).",
     )
-    prefetch: int = Field(
-        2,
+    prefetch: int | None = Field(
+        None,
         ge=0,
-        description="Batches collated and copied to the device ahead of the step (0: in the step).",
+        description=(
+            "Batches collated and copied to the device ahead of the step (0: in the step); "
+            "default 2 on a GPU, 0 on a CPU, where the thread would compete with compute."
+        ),
     )
 
 

@@ -30,6 +30,7 @@ QUICK = [
     "eval.points=[]",
     "train.microbatch_size=8",
     "train.threads=1",
+    "train.prefetch=2",  # collation on the prefetch thread, as on a GPU (the default there)
     "tracking.enabled=false",
     "budget.rst_seconds=1.2",
 ]
