@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Family = Literal["bert", "t5"]
@@ -34,23 +34,24 @@ class Preset:
     d_kv: int | None = None
 
 
+BERT_TINY = Preset(
+    name="bert-tiny",
+    family="bert",
+    architecture="hf-bert",
+    num_layers=4,
+    hidden=128,
+    heads=2,
+    ffn=512,
+    seq_len=128,
+    vocab_size=4096,
+    description=(
+        "CPU-sized HF BERT (post-LN) for tests and debug runs (stacking grows 1 -> 2 -> 4)."
+    ),
+)
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset(
-            name="bert-tiny",
-            family="bert",
-            architecture="hf-bert",
-            num_layers=4,
-            hidden=128,
-            heads=2,
-            ffn=512,
-            seq_len=128,
-            vocab_size=4096,
-            description=(
-                "CPU-sized HF BERT (post-LN) for tests and debug runs (stacking grows 1 -> 2 -> 4)."
-            ),
-        ),
+        BERT_TINY,
         Preset(
             name="t5-tiny",
             family="t5",
@@ -79,17 +80,14 @@ PRESETS: dict[str, Preset] = {
                 "embeddings), 16 layers, ~119.6M parameters; charged by paper-bert-rtx3090-fixed."
             ),
         ),
-        Preset(
+        replace(
+            BERT_TINY,
             name="bert-crammed-tiny",
-            family="bert",
             architecture="crammed-bert",
-            num_layers=4,
-            hidden=128,
-            heads=2,
-            ffn=512,
-            seq_len=128,
-            vocab_size=4096,
-            description="bert-crammed's architecture at CPU size (4 layers, hidden 128).",
+            description=(
+                "bert-crammed's architecture at bert-tiny's sizes (4 layers, hidden 128), so the "
+                "two architectures compare at one shape."
+            ),
         ),
         Preset(
             name="t5-v1_1-base",

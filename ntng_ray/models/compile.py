@@ -14,9 +14,8 @@ from torch import nn
 from ntng_ray.models.active_layers import layer_stacks
 
 
-def compile_blocks(model: nn.Module) -> int:
-    """Compile every block of every layer stack of ``model`` in place; the number compiled."""
-    blocks = [block for stack in layer_stacks(model) for block in stack]
-    for block in blocks:
-        block.compile()
-    return len(blocks)
+def compile_blocks(model: nn.Module) -> None:
+    """Compile every block of every layer stack of ``model`` in place."""
+    for stack in layer_stacks(model):
+        for index in range(len(stack)):  # by index: iterating yields the active blocks only
+            stack[index].compile()

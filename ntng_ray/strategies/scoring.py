@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ntng_ray.engines.engine import Batch, Engine
+from ntng_ray.models.sparse_prediction import labelled_positions
 from ntng_ray.rst.clock import FORWARD, forward_cost
 from ntng_ray.rst.table import ReferenceTable
 from ntng_ray.strategies.base import Cost, Examples, StrategyParams
@@ -52,7 +53,7 @@ def example_losses(
         sums = token_losses.sum(dim=1)
     else:
         if positions is None:
-            positions = (labels.flatten() != IGNORE).nonzero().squeeze(1)
+            positions = labelled_positions(labels)
         if logits.dim() != 2 or logits.shape[0] != positions.numel():
             raise ValueError(
                 f"logits {tuple(logits.shape)}: expected [B, T, V] or one row per labelled "

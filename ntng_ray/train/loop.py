@@ -261,9 +261,7 @@ class BudgetedRun:
             )
         self.engine.load_state(folder / ENGINE_FOLDER)
         self.clock.load_state_dict(state["clock"])
-        self.examples.load_state_dict(
-            {"stream": state["stream"], "mask_generator": state["mask_generator"]}
-        )
+        self.examples.load_state_dict(state)
         torch.set_rng_state(state["torch_rng"])
         for name in ("step", "tokens", "validation", "pending_points", "pending_checkpoints"):
             setattr(self, name, state[name])

@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ntng_ray.strategies.examples import POSITIONS, Examples
+from ntng_ray.data.collators import MLMCollator, SpanCorruptionCollator
+from ntng_ray.strategies.examples import POSITIONS, Examples, to_device
 from ntng_ray.train.batches import BatchStream
-
-Collator = Any  # MLMCollator | SpanCorruptionCollator: (rows, generator) -> batch
 
 
 class ExampleSource:
@@ -36,7 +35,7 @@ class ExampleSource:
         self,
         stream: BatchStream,
         rows: np.ndarray,
-        collator: Collator,
+        collator: MLMCollator | SpanCorruptionCollator,
         generator: torch.Generator,
         rank: int,
         world_size: int,
@@ -61,7 +60,8 @@ class ExampleSource:
 
 @dataclass
 class _Ahead:
-    """A draw made ahead: the source's state before it, and the examples (with their copy)."""
+    """A draw made ahead: its size, and the future of (source state before it, examples,
+    copy-done event)."""
 
     size: int
     future: Future
@@ -107,10 +107,7 @@ class Prefetcher:
         if self._copy_stream is None:
             return state, examples, None
         with torch.cuda.stream(self._copy_stream):
-            examples.batch = {
-                k: v.pin_memory().to(self.device, non_blocking=True)
-                for k, v in examples.batch.items()
-            }
+            examples.batch = {k: to_device(v, self.device) for k, v in examples.batch.items()}
             ready = torch.cuda.Event()
             ready.record(self._copy_stream)
         return state, examples, ready
